@@ -1,0 +1,60 @@
+# medssl-bundles: `make demo` and `make test` set everything up from a clean clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+SAMPLES ?= data/samples
+BUNDLE ?=
+PYTEST_ARGS ?=
+APT_DATA := mricron-data invesalius-examples
+STAMP := $(VENV)/.installed
+
+.PHONY: help install data demo test lint format bench clean
+
+help:
+	@echo "make demo [BUNDLE=name]   set up, build the sample data, run every bundle's demo"
+	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
+	@echo "make bench                speed benchmarks (benchmarks/)"
+
+# torch goes in first and alone: if pip resolved anything else first it would pull a CUDA build.
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps nilearn==0.14.1 pydicom-data==1.0.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+# Debian's data packages hold the only real head CT and the Colin27 atlas; skipped (and reported) without root apt.
+data: $(STAMP)
+	@if [ ! -d /usr/share/mricron/templates ] || [ ! -d /usr/share/doc/invesalius-examples ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_DATA)) \
+	      || echo "apt-get could not install $(APT_DATA); the sample set is built without them"; \
+	  else echo "no root apt-get: $(APT_DATA) not installed; the sample set is built without them"; fi; \
+	fi
+	$(PY) -m medssl.data samples --out $(SAMPLES)
+
+demo: data
+	$(PY) -m medssl.demo --samples $(SAMPLES) $(if $(BUNDLE),--bundle $(BUNDLE),)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: data lint
+	MEDSSL_SAMPLES=$(abspath $(SAMPLES)) $(PY) -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: data
+	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES)
+
+clean:
+	rm -rf $(VENV) $(SAMPLES) dist .pytest_cache .ruff_cache
