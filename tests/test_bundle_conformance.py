@@ -20,7 +20,7 @@ from monai.utils import BundleProperty, BundlePropertyConfig
 
 from bundle_env import activate_bundle
 from medssl.bundle import SCHEMA_PATH, find_bundles, metadata_problems
-from medssl.runner import copy_bundle, run_config
+from medssl.runner import copy_bundle, fill_placeholders, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = find_bundles(ROOT)
@@ -168,14 +168,6 @@ def test_pretraining_never_creates_label(bundle):
         assert "label" not in names, f"{config.name} uses a 'label' key; MONAI Label reserves it for annotations"
 
 
-def _fill(value, samples: Path, bundle_root: Path):
-    if isinstance(value, str):
-        return value.replace("{samples}", str(samples)).replace("{bundle_root}", str(bundle_root))
-    if isinstance(value, list):
-        return [_fill(v, samples, bundle_root) for v in value]
-    return value
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_runs_on_sample_data(name, samples_dir, tmp_path):
@@ -185,7 +177,7 @@ def test_every_config_runs_on_sample_data(name, samples_dir, tmp_path):
     bundle = copy_bundle(ROOT / "bundles" / name, tmp_path)
     covered = set()
     for step in plan["steps"]:
-        overrides = {k: _fill(v, samples_dir, bundle) for k, v in step["overrides"].items()}
+        overrides = fill_placeholders(step["overrides"], samples=samples_dir, bundle_root=bundle)
         run_config(bundle, step["configs"], overrides, log_file=tmp_path / f"{'_'.join(step['configs'])}.log")
         covered.add(step["configs"][-1])
         for pattern in step["expects"]:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BundleRunError", "copy_bundle", "run_config"]
+__all__ = ["BundleRunError", "copy_bundle", "fill_placeholders", "run_config"]
 
 
 class BundleRunError(RuntimeError):
@@ -24,6 +24,19 @@ def copy_bundle(bundle: str | Path, dest: str | Path) -> Path:
     ignore = shutil.ignore_patterns("*.pt", "*.ts", "eval", "cache", "runs", "__pycache__")
     shutil.copytree(bundle, dest, ignore=ignore, dirs_exist_ok=True)
     return dest
+
+
+def fill_placeholders(value, **values: str | Path):
+    """Replace ``{name}`` in every string of a JSON-like value (e.g. ``{samples}``, ``{bundle_root}``)."""
+    if isinstance(value, str):
+        for name, replacement in values.items():
+            value = value.replace("{" + name + "}", str(replacement))
+        return value
+    if isinstance(value, list):
+        return [fill_placeholders(v, **values) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, **values) for k, v in value.items()}
+    return value
 
 
 def run_config(

@@ -1,0 +1,1 @@
+"""Models Genesis method code: transforms, networks, cube extraction, metrics."""

@@ -1,0 +1,26 @@
+"""Sample data and input checks for the medssl bundles.
+
+* ``python -m medssl.data samples --out data/samples``: :func:`build_samples`, a small real dataset built offline
+  from installed data packages (layout in :mod:`medssl.data.samples`).
+* ``python -m medssl.data check DATALIST``: :func:`check_datalist` / :func:`assert_datalist_ok`, input validation
+  before training; :func:`load_datalist` reads one section with absolute paths.
+
+Importing this package is light: MONAI is imported only when a check runs.
+"""
+
+from .check import DataCheckError, Problem, assert_datalist_ok, check_datalist, format_problems, load_datalist
+from .samples import DATALISTS, SamplesReport, SourceMissingError, build_samples, samples_dir
+
+__all__ = [
+    "DATALISTS",
+    "DataCheckError",
+    "Problem",
+    "SamplesReport",
+    "SourceMissingError",
+    "assert_datalist_ok",
+    "build_samples",
+    "check_datalist",
+    "format_problems",
+    "load_datalist",
+    "samples_dir",
+]
