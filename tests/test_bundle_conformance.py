@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,9 +180,13 @@ def test_every_config_runs_on_sample_data(name, samples_dir, tmp_path):
     bundle = copy_bundle(ROOT / "bundles" / name, tmp_path)
     covered = set()
     for step in plan["steps"]:
-        overrides = fill_placeholders(step["overrides"], samples=samples_dir, bundle_root=bundle)
-        run_config(bundle, step["configs"], overrides, log_file=tmp_path / f"{'_'.join(step['configs'])}.log")
-        covered.add(step["configs"][-1])
+        if "command" in step:  # a preparation step, e.g. a data conversion script of the bundle
+            command = fill_placeholders(step["command"], samples=samples_dir, bundle_root=bundle, python=sys.executable)
+            subprocess.run(command, cwd=bundle, check=True, env=dict(os.environ, PYTHONPATH=str(bundle)))
+        else:
+            overrides = fill_placeholders(step["overrides"], samples=samples_dir, bundle_root=bundle)
+            run_config(bundle, step["configs"], overrides, log_file=tmp_path / f"{'_'.join(step['configs'])}.log")
+            covered.add(step["configs"][-1])
         for pattern in step["expects"]:
             assert glob.glob(str(bundle / pattern)), f"{step['configs']} did not write {pattern}"
     runnable = {files[-1].name for files in workflow_configs(ROOT / "bundles" / name)}

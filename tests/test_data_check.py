@@ -134,6 +134,11 @@ def test_channel_count(good: Path) -> None:
     assert p.reason.startswith("3 channel(s), expected 1")
 
 
+def test_class_labels_are_not_files(good: Path) -> None:
+    items = [{"image": str(good / "img.nii.gz"), "label": 1}, {"image": str(good / "img2.nii.gz"), "label": 0}]
+    assert check_datalist(items, keys=("image", "label"), spatial_dims=3) == []
+
+
 def test_missing_key_names_the_datalist_and_index(good: Path) -> None:
     path = _write(good, [{"image": "img.nii.gz", "label": "lab.nii.gz"}, {"image": "img2.nii.gz"}])
     p = _one(check_datalist(path, keys=("image", "label")))

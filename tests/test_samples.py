@@ -7,6 +7,7 @@ and the provenance, idempotence and skip behaviour of the builder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -189,9 +190,9 @@ def test_dicom_series_and_files_load(out: Path, loader) -> None:
 
 
 def test_provenance_covers_every_file_with_its_sha256(out: Path, prov: dict) -> None:
-    generated = {PROVENANCE, "README.md", *DATALISTS.values()}
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - generated
-    assert on_disk == set(prov["files"])
+    folders = {Path(rel).parts[0] for p in samples.PRODUCTS for rel in p.outputs}  # ct, mr, xray, slices, dicom
+    on_disk = {p.relative_to(out).as_posix() for f in folders for p in (out / f).rglob("*") if p.is_file()}
+    assert on_disk == set(prov["files"]), "no stray, partial or unrecorded files"
     readme = (out / "README.md").read_text()
     for rel, e in prov["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == e["sha256"], rel
@@ -205,10 +206,11 @@ def test_provenance_covers_every_file_with_its_sha256(out: Path, prov: dict) -> 
 
 
 def test_second_run_is_a_no_op(out: Path) -> None:
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    paths = [out / rel for rel in [*samples.DATALISTS.values(), PROVENANCE, "README.md"]] + list(out.glob("*/**/*"))
+    before = {p: p.stat().st_mtime_ns for p in paths if p.is_file()}
     report = build_samples(out, echo=None)
     assert report.up_to_date and not report.built and report.ok
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in paths if p.is_file()} == before
 
 
 def _only(monkeypatch: pytest.MonkeyPatch, *keep: str) -> None:
@@ -267,3 +269,17 @@ def test_interrupted_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(KeyboardInterrupt):
         samples._atomic_write(target, b"new")
     assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_a_failing_product_is_reported_and_the_rest_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_inputs: list[Path]) -> list:
+        raise RuntimeError("no decoder for this transfer syntax")
+
+    _only(monkeypatch, "pydicom")
+    products = tuple(dataclasses.replace(p, build=broken) if p.name == "mr_small" else p for p in samples.PRODUCTS)
+    monkeypatch.setattr(samples, "PRODUCTS", products)
+    report = build_samples(tmp_path, echo=None)
+    assert report.failed == ["small MR slice (slices/mr_small.png) (RuntimeError: no decoder for this transfer syntax)"]
+    assert report.ok and "slices/ct_small.png" in report.files and not (tmp_path / "slices/mr_small.png").exists()
+    dl2 = json.loads((tmp_path / DATALISTS["pretrain_2d"]).read_text())
+    assert dl2["validation"] == [{"image": "slices/ct_small.png", "modality": "CT"}]

@@ -39,13 +39,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
-from monai.data import get_track_meta
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import LoadImage, MapTransform, Randomizable, SpatialCrop
 from monai.transforms.traits import MultiSampleTrait
-from monai.utils import convert_to_numpy
-from monai.utils.enums import MetaKeys
+from monai.utils import ImageMetaKey, convert_to_numpy
 from tqdm import tqdm
 
 from medssl.data import load_datalist
@@ -179,8 +177,8 @@ def find_cube_origins(
         border: voxels excluded at both ends of each axis (z also loses ``depth_extra + 1`` slices at the end).
         depth_extra: slices looked ahead along z by the depth-weighted score (3 in the official code).
         tissue_threshold: a voxel at or above it is tissue.
-        max_tissue_fraction: reject when ``Σd`` exceeds this fraction of the cube's voxels; None disables the
-            rule (e.g. MR), every candidate is then accepted.
+        max_tissue_fraction: reject when ``Σd`` exceeds this fraction of the cube's voxels; None: no upper bound
+            (e.g. MR; with ``min_tissue_fraction=0`` every candidate is then accepted, ``num_cubes`` are drawn).
         min_tissue_fraction: also reject when ``Σd`` is below this fraction (0: no lower bound, as official).
         max_attempts_factor: at most ``max_attempts_factor · num_cubes`` candidates are drawn.
         rng: numpy ``Generator`` / ``RandomState`` or a seed.
@@ -379,8 +377,8 @@ class RandGenesisCubesd(Randomizable, MapTransform, MultiSampleTrait):
             cropper = SpatialCrop(roi_start=origin, roi_end=origin + np.asarray(self.roi_size))
             for key in self.key_iterator(d):
                 cube = cropper(d[key])
-                if get_track_meta() and isinstance(cube, torch.Tensor) and hasattr(cube, "meta"):
-                    cube.meta[MetaKeys.PATCH_INDEX] = i
+                if get_track_meta() and isinstance(cube, MetaTensor):
+                    cube.meta[ImageMetaKey.PATCH_INDEX] = i
                 sample[key] = cube
             out.append(sample)
         return out

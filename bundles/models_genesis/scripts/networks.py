@@ -174,6 +174,7 @@ class GenesisEncoder(nn.Module):
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
         self.feature_channels = 16 * f
 
+    @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
@@ -188,7 +189,8 @@ class GenesisEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the bottleneck feature and the three skip features (full, 1/2 and 1/4 resolution)."""
-        self._check_input(x)
+        if not torch.jit.is_scripting():  # TorchScript cannot compile the f-string messages
+            self._check_input(x)
         skip64 = self.down_tr64(x)
         skip128 = self.down_tr128(self.pool(skip64))
         skip256 = self.down_tr256(self.pool(skip128))

@@ -140,7 +140,7 @@ def _bezier_lut(control: Sequence[float], invert: bool, num_points: int) -> np.n
     w1, w2, w3 = 3 * (1 - s) ** 2 * s, 3 * (1 - s) * s**2, s**3
     x = w1 * control[0] + w2 * control[2] + w3
     y = w1 * control[1] + w2 * control[3] + w3
-    return np.interp(np.linspace(0.0, 1.0, num_points), x, y[::-1] if invert else y)
+    return np.interp(np.linspace(0.0, 1.0, num_points), x, 1 - y if invert else y)
 
 
 class RandBezierIntensity(_NumpyRandTransform):
@@ -216,10 +216,10 @@ def _window_max_sizes(spatial_shape: Sequence[int], max_window_frac: float) -> t
 def _draw_windows(
     spatial_shape: Sequence[int], max_sizes: Sequence[int], num_windows: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Window sizes uniform in [1, max_size] and starts uniform in [0, dim - size] per axis, both ``(N, ndim)``."""
-    u = rng.random((2, num_windows, len(spatial_shape)))
-    sizes = (u[0] * np.asarray(max_sizes)).astype(np.int64) + 1
-    starts = (u[1] * (np.asarray(spatial_shape) - sizes + 1)).astype(np.int64)
+    """Window sizes uniform in [1, max_size] and starts uniform in [0, dim - size] per axis, both ``(ndim, N)``."""
+    u = rng.random((2, len(spatial_shape), num_windows), dtype=np.float32)
+    sizes = (u[0] * np.asarray(max_sizes)[:, None]).astype(np.intp) + 1
+    starts = (u[1] * (np.asarray(spatial_shape)[:, None] - sizes + 1)).astype(np.intp)
     return sizes, starts
 
 
@@ -252,9 +252,10 @@ def _local_shuffle_index(
     """Flat source index of every voxel after the official sequential window shuffle.
 
     Each window reads the ORIGINAL voxels, permutes them and writes them back; later windows overwrite earlier ones.
-    Without a loop over windows: every (destination, source) pair is tagged with its window number in the high bits
-    of an int64 and one ``np.maximum.at`` keeps the last window's pair per destination. Windows are grouped by volume
-    so that one row-wise sort of random keys (a random 32-bit field above the voxel index) permutes a whole group.
+    Without a loop over windows: each window's (destination, source) pairs are tagged with the window number in the
+    high bits of an int64, so one ``np.maximum.at`` per group keeps the last window's pair for every destination.
+    Windows are grouped by volume so that a single row-wise sort permutes a whole group: the sort key of a voxel is
+    a random field (up to 32 bits) above its index.
     """
     n = math.prod(spatial_shape)
     volumes, rows, tables = _window_offsets(tuple(spatial_shape), tuple(max_sizes))
@@ -262,14 +263,13 @@ def _local_shuffle_index(
     index_bits = max(1, (n - 1).bit_length())
     rand_bits = min(32, 63 - index_bits - num_windows.bit_length())
     if rand_bits < 16:
-        raise ValueError(f"image of {n} voxels with {num_windows} windows exceeds the 63-bit sort keys.")
+        raise ValueError(f"{num_windows} windows on {n} voxels leave fewer than 16 random bits in the sort keys.")
     index_mask = (1 << index_bits) - 1
-    rand_mask = ((1 << rand_bits) - 1) << index_bits
     tagged_starts = np.arange(1, num_windows + 1, dtype=np.int64) << (index_bits + rand_bits)
-    tagged_starts += np.ravel_multi_index(starts.T, spatial_shape)
-    shape_ids = np.ravel_multi_index((sizes - 1).T, max_sizes)
+    tagged_starts += np.ravel_multi_index(starts, spatial_shape)
+    shape_ids = np.ravel_multi_index(sizes - 1, max_sizes)
     window_volumes = volumes[shape_ids]
-    order = np.argsort(window_volumes.astype(np.min_scalar_type(volumes.max())), kind="stable")  # radix sort
+    order = np.argsort(window_volumes.astype(np.min_scalar_type(volumes.max())), kind="stable")  # a radix sort
     counts = np.bincount(window_volumes)
 
     source = np.arange(n, dtype=np.int64)
@@ -277,16 +277,16 @@ def _local_shuffle_index(
     for volume in np.flatnonzero(counts):
         windows = order[stop : stop + counts[volume]]
         stop += counts[volume]
-        dst = tables[volume][rows[shape_ids[windows]]]
+        dst = tables[volume][rows[shape_ids[windows]]]  # (windows, volume): tag | destination
         dst += tagged_starts[windows][:, None]
-        if volume == 1:
-            key = dst
-        else:
-            key = rng.bit_generator.random_raw(dst.size).view(np.int64).reshape(dst.shape)
-            key &= rand_mask
+        key = dst
+        if volume > 1:
+            rand = rng.bit_generator.random_raw((dst.size + 1) // 2).view(np.uint32)[: dst.size] >> (32 - rand_bits)
+            key = rand.astype(np.int64).reshape(dst.shape)
+            key <<= index_bits
             key |= dst
             key.sort(axis=1)
-            key &= ~rand_mask
+            key &= ~(((1 << rand_bits) - 1) << index_bits)  # tag | permuted source
         np.maximum.at(source, (dst & index_mask).ravel(), key.ravel())
     source &= index_mask
     return source
@@ -666,7 +666,7 @@ class GenesisCorruption(Randomizable, Transform):
         if randomize:
             self.randomize(img)
         arr = out = _as_float_numpy(img)
-        for transform in (self.shuffle, self.bezier, self.painter):
+        for transform in (self.shuffle, self.painter, self.bezier):
             if transform is not None and transform._do_transform:
                 out = transform._apply(out)
         return img if out is arr else _like(out, img)

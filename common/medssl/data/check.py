@@ -15,6 +15,7 @@ Decisions:
   when both carry an affine, for being on the same grid (a warning).
 * Values: NaN/Inf voxels and zero-size axes are errors; a constant image (e.g. all zero) and non-integer label
   values are warnings. Warnings never make ``assert_datalist_ok`` or the CLI fail unless ``strict=True``.
+* A numeric value (e.g. a class label ``"label": 1``) is accepted without a file check.
 * Relative paths are resolved against ``base_dir``, else the folder of the datalist JSON, else the working folder.
 """
 
@@ -240,6 +241,8 @@ def check_datalist(
             if key not in item or item[key] in (None, "", []):
                 problems.append(Problem(ref, key, name, f"missing key {key!r} (item has: {', '.join(item) or '-'})"))
                 continue
+            if _is_number(item[key]):
+                continue  # a class label, not a file
             raw = item[key] if isinstance(item[key], list) else [item[key]]
             files = [str(f if Path(f).is_absolute() else base / f) for f in map(str, raw)]
             shown = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1})"
@@ -270,6 +273,10 @@ def check_datalist(
                         why = f"not on the grid of {ref_key!r}: same shape but different affine"
                         problems.append(Problem(ref, key, shown, why, WARNING))
     return problems
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
 
 
 def _same_grid(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -339,7 +346,7 @@ def count_files(
             item = {"image": item}
         if isinstance(item, dict):
             for k in keys:
-                if item.get(k):
+                if item.get(k) and not _is_number(item[k]):
                     raw = item[k] if isinstance(item[k], list) else [item[k]]
                     seen.add(tuple(str(f if Path(f).is_absolute() else base / f) for f in map(str, raw)))
     return len(seen)

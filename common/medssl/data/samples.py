@@ -24,7 +24,7 @@ Layout written under ``OUT`` (paths are relative to ``OUT``; the names are stabl
 ``mr/colin27_gm_label.nii.gz``        uint8 0/1, AAL > 0 (the AAL grey-matter regions)
 ``xray/chest_pa.png``                 PA chest radiograph, 8-bit, downsampled to 1024 px on the long side
 ``xray/leg.png``                      lower-leg radiograph, 8-bit, 1024x1024
-``slices/*.png``                      8-bit CT/MR slices, display-windowed (see ``SLICES``)
+``slices/*.png``                      8-bit CT/MR slices, display-windowed (see ``_FLAT_2D``)
 ``dicom/*.dcm``                       original DICOM files (CT_small, MR_small, RG1_UNCI)
 ``dicom/ct_series/``                  a five-file DICOM CT series (16x16 pixels, real headers)
 ``datalist_*.json``                   MSD-style datalists ``{"training": [...], "validation": [...]}``
@@ -337,7 +337,7 @@ def _nifti_meta(img: nib.Nifti1Image) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# builders: (list of input paths, product) -> list of Written
+# builders: input paths -> written files
 
 
 def _build_head_ct(inputs: list[Path]) -> list[Written]:
@@ -584,15 +584,29 @@ class Product:
 _NEMA = "NEMA WG04 compression test set (ftp://medical.nema.org/MEDICAL/Dicom/DataSets/WG04), public sample"
 _CT5N = ("2062", "2392", "2693", "3023", "3353")
 
-SLICES = {
-    "slices/ct_head.png": "693_UNCI.dcm, head CT; wide window 500/3000 (its own 40/100 shows smoothing artefacts)",
-    "slices/ct_abdomen.png": "explicit_VR-UN.dcm, abdominal CT from TCIA (pancreas), J2K, window 40/400",
-    "slices/ct_small.png": "CT_small.dcm (pydicom), 128x128 CT at the level of a vertebra, window 40/400",
-    "slices/mr_shoulder.png": "MR2_UNCI.dcm, shoulder MR, 1024x1024",
-    "slices/mr_abdomen.png": "MR-SIEMENS-DICOM-WithOverlays.dcm, abdominal MR (liver lesion), from GDCM",
-    "slices/mr_small.png": "MR_small.dcm (pydicom), 64x64 MR",
-}
-"""The 2D slices, with their origin."""
+# 2D products, one file each: (name, what, source, input, output, CT window (centre, width) or None, origin)
+_FLAT_2D = (
+    ("chest_pa", "PA chest X-ray", "pydicom-data", "RG1_UNCI.dcm", "xray/chest_pa.png", None, _NEMA),
+    ("leg", "leg X-ray", "pydicom-data", "RG3_UNCI.dcm", "xray/leg.png", None, _NEMA),
+    # 693_UNCI's own window (40/100) shows the smoothing artefacts of this regression image: use a wide one
+    ("ct_head", "head CT slice", "pydicom-data", "693_UNCI.dcm", "slices/ct_head.png", (500.0, 3000.0),
+     "pydicom issue #693 regression data set (public sample)"),
+    ("ct_abdomen", "abdominal CT slice", "pydicom-data", "explicit_VR-UN.dcm", "slices/ct_abdomen.png", (40.0, 400.0),
+     "The Cancer Imaging Archive (de-identified, CC BY; pancreas study), J2K-compressed for pydicom issue #968"),
+    ("mr_shoulder", "shoulder MR slice", "pydicom-data", "MR2_UNCI.dcm", "slices/mr_shoulder.png", None, _NEMA),
+    ("mr_abdomen", "abdominal MR slice (liver lesion)", "pydicom-data", "MR-SIEMENS-DICOM-WithOverlays.dcm",
+     "slices/mr_abdomen.png", None, "GDCM test data (BSD-3-Clause), via pydicom-data"),
+    ("ct_small", "small CT slice (vertebra)", "pydicom", "CT_small.dcm", "slices/ct_small.png", (40.0, 400.0),
+     _NEMA + " (CT1_UNC, downsized to 128x128)"),
+    ("mr_small", "small MR slice", "pydicom", "MR_small.dcm", "slices/mr_small.png", None,
+     _NEMA + " (MR1_UNC, downsized to 64x64)"),
+)  # fmt: skip
+
+
+def _flat_2d(name: str, what: str, source: str, src: str, out: str, window: Any, origin: str) -> Product:
+    build = _radiograph(out) if out.startswith("xray/") else _slice(out, window)
+    return Product(name, f"{what} ({out})", source, (src,), (out,), build, origin=origin)
+
 
 PRODUCTS: tuple[Product, ...] = (
     Product(
@@ -622,78 +636,7 @@ PRODUCTS: tuple[Product, ...] = (
         _build_colin27,
         origin="Colin27 (Holmes et al. 1998) and AAL atlas (Tzourio-Mazoyer et al. 2002), as packaged by MRIcron",
     ),
-    Product(
-        "chest_pa",
-        "PA chest X-ray (xray/chest_pa.png)",
-        "pydicom-data",
-        ("RG1_UNCI.dcm",),
-        ("xray/chest_pa.png",),
-        _radiograph("xray/chest_pa.png"),
-        origin=_NEMA,
-    ),
-    Product(
-        "leg",
-        "leg X-ray (xray/leg.png)",
-        "pydicom-data",
-        ("RG3_UNCI.dcm",),
-        ("xray/leg.png",),
-        _radiograph("xray/leg.png"),
-        origin=_NEMA,
-    ),
-    Product(
-        "ct_head",
-        "head CT slice (slices/ct_head.png)",
-        "pydicom-data",
-        ("693_UNCI.dcm",),
-        ("slices/ct_head.png",),
-        _slice("slices/ct_head.png", (500.0, 3000.0)),
-        origin="pydicom issue #693 regression data set (public sample)",
-    ),
-    Product(
-        "ct_abdomen",
-        "abdominal CT slice (slices/ct_abdomen.png)",
-        "pydicom-data",
-        ("explicit_VR-UN.dcm",),
-        ("slices/ct_abdomen.png",),
-        _slice("slices/ct_abdomen.png", (40.0, 400.0)),
-        origin="The Cancer Imaging Archive (de-identified, CC BY), J2K-compressed by pydicom issue #968",
-    ),
-    Product(
-        "mr_shoulder",
-        "shoulder MR slice (slices/mr_shoulder.png)",
-        "pydicom-data",
-        ("MR2_UNCI.dcm",),
-        ("slices/mr_shoulder.png",),
-        _slice("slices/mr_shoulder.png"),
-        origin=_NEMA,
-    ),
-    Product(
-        "mr_abdomen",
-        "abdominal MR slice (slices/mr_abdomen.png)",
-        "pydicom-data",
-        ("MR-SIEMENS-DICOM-WithOverlays.dcm",),
-        ("slices/mr_abdomen.png",),
-        _slice("slices/mr_abdomen.png"),
-        origin="GDCM test data (BSD-3-Clause), via pydicom-data",
-    ),
-    Product(
-        "ct_small",
-        "small CT slice (slices/ct_small.png)",
-        "pydicom",
-        ("CT_small.dcm",),
-        ("slices/ct_small.png",),
-        _slice("slices/ct_small.png", (40.0, 400.0)),
-        origin=_NEMA + " (CT1_UNC, downsized to 128x128)",
-    ),
-    Product(
-        "mr_small",
-        "small MR slice (slices/mr_small.png)",
-        "pydicom",
-        ("MR_small.dcm",),
-        ("slices/mr_small.png",),
-        _slice("slices/mr_small.png"),
-        origin=_NEMA + " (MR1_UNC, downsized to 64x64)",
-    ),
+    *(_flat_2d(*row) for row in _FLAT_2D),
     Product(
         "dicom_files",
         "original DICOM files (dicom/CT_small.dcm, dicom/MR_small.dcm)",
@@ -862,8 +805,9 @@ def build_samples(
 
     Args:
         out: output folder, created if needed.
-        force: rebuild every file even if the stamp says it is up to date; files of sources that are now missing
-            are removed, so that the folder matches the new provenance.
+        force: rebuild every file even if the stamp says it is up to date. Without it, files of an earlier build
+            whose source is now missing (or fails) are kept; with it they are removed, so that the folder matches
+            the new provenance.
         debian_root: root under which Debian data packages are looked up (default ``$MEDSSL_DEBIAN_ROOT`` or ``/``).
         echo: where progress lines go (``None``: silent).
 
@@ -917,17 +861,17 @@ def build_samples(
             report.reused.extend(prod.outputs)
             continue
         inputs = [root / rel for rel in prod.inputs]
-        missing = [str(p) for p in inputs if not p.exists()]
-        if missing:
-            report.failed.append(f"{prod.what} ({prod.source} {version} has no {', '.join(missing)})")
-            say(f"skipped: {report.failed[-1]}")
-            continue
         t = time.perf_counter()
         try:
+            missing = [str(p) for p in inputs if not p.exists()]
+            if missing:
+                raise FileNotFoundError(f"{prod.source} {version} has no {', '.join(missing)}")
             written = prod.build(inputs)
-        except Exception as e:  # a decoder or format problem in one product must not stop the others
-            report.failed.append(f"{prod.what} ({prod.source}: {type(e).__name__}: {e})")
-            say(f"skipped: {report.failed[-1]}")
+        except Exception as e:  # a missing file, decoder or format problem must not stop the other products
+            report.failed.append(f"{prod.what} ({type(e).__name__}: {e})")
+            if not force and _intact(out, prod.outputs, prev, prod):
+                files.update({rel: prev[rel] for rel in prod.outputs})
+                report.kept.extend(prod.outputs)
             continue
         for w in written:
             _atomic_write(out / w.path, w.data)
@@ -956,13 +900,11 @@ def build_samples(
         err = located[name]
         assert isinstance(err, SourceMissingError)
         what = "; ".join(p.what for p in prods)
-        line = f"{what} ({err.why}, install with: {err.install})"
-        report.skipped.append(line)
-        say(f"skipped: {line}")
-        if force:
-            for p in prods:
-                for rel in p.outputs:
-                    (out / rel).unlink(missing_ok=True)
+        report.skipped.append(f"{what} ({err.why}, install with: {err.install})")
+    for prod in PRODUCTS:  # outputs not (or no longer) backed by the provenance: stale or partial, remove them
+        for rel in prod.outputs:
+            if rel not in files:
+                (out / rel).unlink(missing_ok=True)
 
     # datalists, provenance, README: rewritten only when their content changes
     have = set(files)
@@ -977,8 +919,6 @@ def build_samples(
         elif path.exists():
             path.unlink()
             report.changed = True
-    for n in notes:
-        say(f"warning: {n}")
 
     prov = {
         "format_version": FORMAT_VERSION,
@@ -1103,5 +1043,9 @@ def print_report(report: SamplesReport, echo: Callable[[str], None] = print) -> 
             f"earlier build, {n} in total, in {report.out} ({report.seconds:.1f} s)"
         )
         echo(f"datalists: {', '.join(report.datalists) or 'none'}")
-    for s in report.skipped + report.failed:
-        echo(f"skipped: {s}")
+    if report.kept:
+        echo(f"kept from an earlier build, their source is missing now: {', '.join(report.kept)}")
+    for line in report.skipped + report.failed:
+        echo(f"skipped: {line}")
+    for note in report.notes:
+        echo(f"warning: {note}")
