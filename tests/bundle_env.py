@@ -8,11 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def activate_bundle(name: str) -> Path:
-    """Make ``scripts.*`` resolve to ``bundles/<name>/scripts`` (every bundle has its own ``scripts`` package)."""
-    bundle = ROOT / "bundles" / name
+def activate_bundle(name: str | Path) -> Path:
+    """Make ``scripts.*`` resolve to ``bundles/<name>/scripts``, or to a bundle folder given as a path."""
+    bundle = Path(name) if isinstance(name, Path) else ROOT / "bundles" / name
     for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
         del sys.modules[module]
-    sys.path[:] = [p for p in sys.path if not p.startswith(str(ROOT / "bundles"))]
+    sys.path[:] = [p for p in sys.path if not (Path(p) / "scripts" / "__init__.py").is_file()]
     sys.path.insert(0, str(bundle))
     return bundle

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from monai.bundle.properties import InferProperties, TrainProperties
 from monai.transforms import Compose, LoadImaged, Randomizable
 from monai.utils import BundleProperty, BundlePropertyConfig
@@ -171,6 +171,16 @@ def test_pretraining_never_creates_label(bundle):
         assert "label" not in names, f"{config.name} uses a 'label' key; MONAI Label reserves it for annotations"
 
 
+def assert_workflow_properties(bundle: Path, configs: list[str], overrides: dict) -> None:
+    """``ConfigWorkflow.check_properties()`` is empty once the workflow is initialised with the run's overrides."""
+    activate_bundle(bundle)
+    files = [str(bundle / "configs" / c) for c in configs]
+    kind = "infer" if configs[-1].startswith("inference") else "train"
+    wf = ConfigWorkflow(config_file=files, logging_file=False, workflow_type=kind, bundle_root=str(bundle), **overrides)
+    wf.initialize()
+    assert wf.check_properties() == [], f"{configs}: MONAI workflow properties missing"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_runs_on_sample_data(name, samples_dir, tmp_path):
@@ -185,6 +195,7 @@ def test_every_config_runs_on_sample_data(name, samples_dir, tmp_path):
             subprocess.run(command, cwd=bundle, check=True, env=dict(os.environ, PYTHONPATH=str(bundle)))
         else:
             overrides = fill_placeholders(step["overrides"], samples=samples_dir, bundle_root=bundle)
+            assert_workflow_properties(bundle, step["configs"], overrides)
             run_config(bundle, step["configs"], overrides, log_file=tmp_path / f"{'_'.join(step['configs'])}.log")
             covered.add(step["configs"][-1])
         for pattern in step["expects"]:

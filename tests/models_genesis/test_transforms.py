@@ -11,6 +11,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, CopyItemsd, Identityd, OneOf
 from scipy.stats import ks_2samp
+
 from scripts.transforms import (
     GenesisCorruption,
     GenesisPaird,
@@ -284,6 +285,22 @@ def test_in_painting_boxes_and_masked_fraction():
     assert 0.045 < np.mean(fractions) < 0.068  # ~5.6 % on average (implementation notes)
 
 
+def test_in_painting_boxes_get_independent_uniform_noise():
+    x = np.zeros((2, *CUBE), np.float32)
+    transform = RandInPainting(min_boxes=2, max_boxes=2, box_frac_range=(0.25, 0.25))
+    transform.set_random_state(0)
+    for _ in range(10):
+        y = transform(x)
+        first, second = (box_region(box) for box in transform._boxes)
+        if any(a.stop <= b.start or b.stop <= a.start for a, b in zip(first[1:], second[1:])):  # disjoint
+            assert not np.array_equal(y[first], y[second])
+        assert not np.array_equal(y[0][first[1:]], y[1][first[1:]])  # channels: same box, own noise
+        painted = y[y > 0]
+        assert painted.mean() == pytest.approx(0.5, abs=0.02) and np.mean(painted < 0.25) == pytest.approx(
+            0.25, abs=0.02
+        )
+
+
 def test_out_painting_noise_fraction_and_revealed_boxes():
     x = distinct_image(CUBE)
     transform = RandOutPainting()
@@ -314,11 +331,14 @@ def test_paper_out_painting_masks_about_a_quarter():
 def test_painting_matches_loop_references_statistically():
     x = distinct_image(CUBE)
     rng = random.Random(0)
-    for ours_transform, reference in ((RandInPainting(), reference_in_painting), (RandOutPainting(), reference_out_painting)):
-        ours_transform.set_random_state(0)
-        ours = [float((ours_transform(x) != x).mean()) for _ in range(150)]
+    for transform, reference in (
+        (RandInPainting(), reference_in_painting),
+        (RandOutPainting(), reference_out_painting),
+    ):
+        transform.set_random_state(0)
+        ours = [float((transform(x) != x).mean()) for _ in range(150)]
         theirs = [float((reference(x, rng) != x).mean()) for _ in range(150)]
-        assert ks_2samp(ours, theirs).pvalue > 0.01, type(ours_transform).__name__
+        assert ks_2samp(ours, theirs).pvalue > 0.01, type(transform).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------------

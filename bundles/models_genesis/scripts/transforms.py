@@ -51,7 +51,11 @@ __all__ = [
 #: (official geometry: ~68 %). The paper gives no probabilities, so both presets use the official ones.
 GENESIS_PRESETS: dict[str, dict[str, Any]] = {
     "official": {"num_windows": 10000, "inpaint": {}, "outpaint": {}},
-    "paper": {"num_windows": 1000, "inpaint": {}, "outpaint": {"max_boxes": 10, "box_frac_range": (0.55, 0.85), "border": 0}},
+    "paper": {
+        "num_windows": 1000,
+        "inpaint": {},
+        "outpaint": {"max_boxes": 10, "box_frac_range": (0.55, 0.85), "border": 0},
+    },
 }
 
 
@@ -74,7 +78,7 @@ def _floor_frac(frac: float, dim: int) -> int:
 
 
 class _NumpyRandTransform(RandomizableTransform):
-    """Shared ``__call__``: draw parameters in ``randomize``, apply ``_apply`` to a float numpy copy of the input."""
+    """Shared ``__call__``: parameters drawn in ``randomize``, ``_apply`` on a float numpy view it must not modify."""
 
     backend = [TransformBackends.NUMPY]
 
@@ -140,7 +144,7 @@ def _bezier_lut(control: Sequence[float], invert: bool, num_points: int) -> np.n
     w1, w2, w3 = 3 * (1 - s) ** 2 * s, 3 * (1 - s) * s**2, s**3
     x = w1 * control[0] + w2 * control[2] + w3
     y = w1 * control[1] + w2 * control[3] + w3
-    return np.interp(np.linspace(0.0, 1.0, num_points), x, 1 - y if invert else y)
+    return np.interp(np.linspace(0.0, 1.0, num_points), x, y[::-1] if invert else y)
 
 
 class RandBezierIntensity(_NumpyRandTransform):
@@ -166,8 +170,8 @@ class RandBezierIntensity(_NumpyRandTransform):
         self.num_points = num_points
         self._control = np.zeros(4)
         self._invert = False
-        self._lut = np.zeros(num_points + 1)
-        self._slope = np.zeros(num_points + 1)
+        self._lut = np.zeros(num_points)
+        self._slope = np.zeros(num_points)
 
     def randomize(self, img: NdarrayOrTensor | None = None) -> None:
         super().randomize(None)
@@ -175,9 +179,8 @@ class RandBezierIntensity(_NumpyRandTransform):
             return
         self._control = self.R.random_sample(4)
         self._invert = bool(self.R.rand() < self.invert_prob)
-        lut = _bezier_lut(self._control, self._invert, self.num_points)
-        self._lut = np.append(lut, lut[-1])  # the extra entry lets x == 1 use index num_points - 1 with slope 0
-        self._slope = np.diff(self._lut, append=lut[-1])
+        self._lut = _bezier_lut(self._control, self._invert, self.num_points)
+        self._slope = np.diff(self._lut, append=self._lut[-1])  # slope 0 at the end: x == 1 needs no special case
 
     def _apply(self, img: np.ndarray) -> np.ndarray:
         pos = np.clip(img, 0.0, 1.0)
@@ -232,14 +235,17 @@ def _window_offsets(
     Returns each shape's volume and its row in ``tables[volume]``, an ``(n_shapes_with_volume, volume)`` array of
     offsets relative to the window's first voxel. Shapes are numbered by ``np.ravel_multi_index(size - 1, max_sizes)``.
     """
-    sizes = np.stack(np.meshgrid(*(np.arange(1, m + 1) for m in max_sizes), indexing="ij"), -1).reshape(-1, len(max_sizes))
+    grids = np.meshgrid(*(np.arange(1, m + 1) for m in max_sizes), indexing="ij")
+    sizes = np.stack(grids, -1).reshape(-1, len(max_sizes))
     volumes = sizes.prod(1)
     rows = np.zeros(len(sizes), np.int64)
     tables = {}
     for volume in np.unique(volumes):
         shapes = np.flatnonzero(volumes == volume)
         rows[shapes] = np.arange(len(shapes))
-        table = np.stack([np.ravel_multi_index(np.indices(sizes[s]).reshape(len(max_sizes), -1), spatial_shape) for s in shapes])
+        table = np.stack(
+            [np.ravel_multi_index(np.indices(sizes[s]).reshape(len(sizes[s]), -1), spatial_shape) for s in shapes]
+        )
         table.flags.writeable = False
         tables[int(volume)] = table
     volumes.flags.writeable = rows.flags.writeable = False
@@ -406,9 +412,9 @@ class _RandBoxPainting(_NumpyRandTransform):
         self._boxes = [self._draw_box(img.shape[1:]) for _ in range(count)]
         self._noise_seed = self.R.randint(MAX_SEED, size=2, dtype=np.uint32)
 
-    def _noise(self, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-        """Voxel-wise U[0, 1) noise; the same for every key the parameters are re-applied to."""
-        return np.random.default_rng(self._noise_seed).random(tuple(shape), dtype=dtype)
+    def _noise_rng(self) -> np.random.Generator:
+        """Source of the U[0, 1) fill, restarted for every key the parameters are applied to (same noise)."""
+        return np.random.default_rng(self._noise_seed)
 
 
 class RandInPainting(_RandBoxPainting):
@@ -444,9 +450,10 @@ class RandInPainting(_RandBoxPainting):
 
     def _apply(self, img: np.ndarray) -> np.ndarray:
         out = img.copy()
+        noise = self._noise_rng()
         for box in self._boxes:
             region = (slice(None), *box)
-            out[region] = self._noise(out[region].shape, out.dtype)
+            out[region] = noise.random(out[region].shape, dtype=out.dtype)
         return out
 
 
@@ -482,7 +489,7 @@ class RandOutPainting(_RandBoxPainting):
         return dim - _floor_frac(1 - self.box_frac_range[0], dim), dim - _floor_frac(1 - self.box_frac_range[1], dim)
 
     def _apply(self, img: np.ndarray) -> np.ndarray:
-        out = self._noise(img.shape, img.dtype)
+        out = self._noise_rng().random(img.shape, dtype=img.dtype)
         for box in self._boxes:
             region = (slice(None), *box)
             out[region] = img[region]
@@ -666,7 +673,7 @@ class GenesisCorruption(Randomizable, Transform):
         if randomize:
             self.randomize(img)
         arr = out = _as_float_numpy(img)
-        for transform in (self.shuffle, self.painter, self.bezier):
+        for transform in (self.shuffle, self.bezier, self.painter):
             if transform is not None and transform._do_transform:
                 out = transform._apply(out)
         return img if out is arr else _like(out, img)
