@@ -11,7 +11,7 @@ import torch
 from medssl.checkpoint import CheckpointMismatchError, load_pretrained, load_state
 from scripts.networks import GenesisClassifier, GenesisUNet, GenesisUNet2D
 
-LAYOUT = Path("/work/shared/checkpoints/genesis_unet3d_pytorch.json")
+LAYOUT = Path(__file__).resolve().parents[3] / "shared" / "checkpoints" / "genesis_unet3d_pytorch.json"
 DECONV_PARAMS = 19_073_665
 NEAREST_PARAMS = 16_320_257  # the paper's "16.32M" (Keras UpSampling3D model)
 

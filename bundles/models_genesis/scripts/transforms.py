@@ -607,7 +607,8 @@ class GenesisCorruption(Randomizable, Transform):
     """Models Genesis input corruption: local shuffle -> Bézier mapping -> in- or out-painting.
 
     Painting comes last, so its noise is not intensity-mapped. Official marginals: shuffle 0.5, Bézier 0.9
-    (half of it decreasing), in-painting 0.9 * 0.2 = 0.18, out-painting 0.72, unchanged image 0.5 * 0.1 * 0.1.
+    (half of it decreasing), in-painting 0.9 * 0.2 = 0.18, out-painting 0.72. The image comes out unchanged with
+    probability 0.5 * 0.1 * (0.1 + 0.18 * 0.05) ~ 0.0055 (no shuffle, no curve, no painting or a box-less in-painting).
 
     Args:
         shuffle_prob: probability of local pixel shuffling.
