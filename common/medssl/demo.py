@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -53,6 +54,7 @@ def run_demo(name: str, samples: Path, work: Path) -> dict:
     print(f"[{name}] pre-training", flush=True)
     _run(pretrained, pretext, samples)
     losses = scalars(pretrained / pretext["log_dir"], pretext["loss_tag"])
+    window = max(1, len(losses) // 10)  # single iterations are noisy: compare the first and last tenth
     print(f"[{name}] fine-tuning from scratch and from the pre-trained weights", flush=True)
     _run(scratch, finetune, samples)
     _run(pretrained, finetune, samples, finetune["pretrained_overrides"])
@@ -65,7 +67,9 @@ def run_demo(name: str, samples: Path, work: Path) -> dict:
     outputs = sorted(glob.glob(str(pretrained / infer["outputs"])))
     return {
         "bundle": name,
-        "pretext": f"{pretext['loss_tag']} {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
+        "pretext": f"{pretext['loss_tag']} {mean(losses[:window]):.4f} -> {mean(losses[-window:]):.4f}"
+        if losses
+        else "no loss logged",
         "downstream": f"{finetune['metric_tag']} {metric['scratch']:.3f} -> {metric['pretrained']:.3f}",
         "outputs": ", ".join(str(Path(o).relative_to(ROOT)) if Path(o).is_relative_to(ROOT) else o for o in outputs),
         "minutes": f"{(time.time() - start) / 60:.1f}",
