@@ -24,14 +24,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def scalars(log_dir: Path, tag: str) -> list[float]:
-    """Values of one TensorBoard scalar tag, in step order, from every event file in ``log_dir``."""
-    values: list[tuple[int, float]] = []
-    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+    """Values of one TensorBoard scalar tag in step order, from every event file in ``log_dir``.
+
+    A step written more than once (a resumed run repeats the steps after its last checkpoint) keeps its latest value.
+    """
+    latest: dict[int, tuple[float, float]] = {}
+    for events in log_dir.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag in acc.Tags()["scalars"]:
-            values += [(e.step, e.value) for e in acc.Scalars(tag)]
-    return [v for _, v in sorted(values)]
+            for e in acc.Scalars(tag):
+                if e.step not in latest or e.wall_time >= latest[e.step][0]:
+                    latest[e.step] = (e.wall_time, e.value)
+    return [latest[step][1] for step in sorted(latest)]
 
 
 def _run(bundle_root: Path, step: dict, samples: Path, extra: dict | None = None) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BundleRunError", "copy_bundle", "fill_placeholders", "run_config"]
+__all__ = ["BundleRunError", "copy_bundle", "fill_placeholders", "run_config", "start_config"]
 
 
 class BundleRunError(RuntimeError):
@@ -39,21 +39,26 @@ def fill_placeholders(value, **values: str | Path):
     return value
 
 
-def run_config(
+def start_config(
     bundle_root: str | Path,
     config_files: str | Sequence[str],
     overrides: Mapping | None = None,
     run_id: str = "run",
     log_file: str | Path | None = None,
-    timeout: float | None = None,
-) -> Path:
-    """Run ``configs/<config_files>`` of a bundle through ``python -m monai.bundle run`` and return the log path.
+    nproc: int = 1,
+) -> tuple[subprocess.Popen, Path]:
+    """Start ``python -m monai.bundle run`` on ``configs/<config_files>`` of a bundle; return the process and its log.
 
-    Overrides travel in an ``--args_file`` JSON, so values keep their JSON types (no shell or Fire parsing).
-    The process runs in the bundle folder with it on ``PYTHONPATH``, as ``scripts.*`` targets require.
+    Overrides travel in an ``--args_file`` JSON written next to the log, so values keep their JSON types (no shell
+    or Fire parsing). The process runs in the bundle folder with it on ``PYTHONPATH``, as ``scripts.*`` targets
+    require, in its own process group (so a test can kill it with everything it started).
+    ``nproc > 1`` launches that many processes on this machine with ``torchrun`` (for ``multi_gpu_*.json``).
     """
     root = Path(bundle_root).resolve()
     files = [config_files] if isinstance(config_files, str) else list(config_files)
+    log_path = Path(log_file) if log_file else root / "eval" / f"{'_'.join(Path(x).stem for x in files)}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    args_file = log_path.with_suffix(".args.json")
     args = {
         "config_file": [str(root / "configs" / f) for f in files],
         "meta_file": str(root / "configs" / "metadata.json"),
@@ -61,20 +66,37 @@ def run_config(
         "bundle_root": str(root),
         **(overrides or {}),
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(args, f)
-        args_file = f.name
-    log_path = Path(log_file) if log_file else root / "eval" / f"{'_'.join(Path(x).stem for x in files)}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    args_file.write_text(json.dumps(args, indent=1))
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, "-m", "monai.bundle", "run", run_id, "--args_file", str(args_file)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--args_file", args_file]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log_path
+
+
+def run_config(
+    bundle_root: str | Path,
+    config_files: str | Sequence[str],
+    overrides: Mapping | None = None,
+    run_id: str = "run",
+    log_file: str | Path | None = None,
+    timeout: float | None = None,
+    nproc: int = 1,
+) -> Path:
+    """Run a bundle config to the end (see :func:`start_config`) and return its log; raise if it fails."""
+    proc, log_path = start_config(bundle_root, config_files, overrides, run_id, log_file, nproc)
     try:
-        with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-    finally:
-        os.unlink(args_file)
-    if proc.returncode != 0:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        what = f"{' '.join(files)} of {root.name}"
-        raise BundleRunError(f"{what} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        what = (
+            f"{' '.join([config_files] if isinstance(config_files, str) else config_files)} of {Path(bundle_root).name}"
+        )
+        raise BundleRunError(f"{what} failed (exit {returncode}); log {log_path}:\n{tail}")
     return log_path
