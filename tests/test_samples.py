@@ -20,7 +20,7 @@ from PIL import Image
 
 from medssl.data import __main__ as cli
 from medssl.data import check_datalist, load_datalist, samples
-from medssl.data.samples import DATALISTS, PROVENANCE, SourceMissingError, build_samples
+from medssl.data.samples import DATALISTS, MODALITY_CLASSES, PROVENANCE, SourceMissingError, build_samples
 
 NIFTI_3D = {
     "ct/head_ct.nii.gz": ("invesalius-examples", (256, 256, 108), (0.957, 0.957, 1.5), "int16"),
@@ -97,7 +97,9 @@ def test_datalists_resolve_and_load(out: Path, prov: dict, loader, role: str) ->
             assert not Path(rel["image"]).is_absolute()
             assert Path(item["image"]).exists() and Path(item["image"]).is_relative_to(out)
             assert item["modality"] in ("CT", "MR", "XR")
-            assert ("label" in item) == (role == "seg_3d"), "pretraining datalists never carry labels"
+            assert ("label" in item) == (role in ("seg_3d", "cls_2d")), "pretraining datalists never carry labels"
+            if role == "cls_2d":
+                assert item["label"] == MODALITY_CLASSES.index(item["modality"])
             img = loader(item["image"])
             if "dims" in item:
                 nd = img.ndim - (1 if img.shape[-1] == 1 else 0)  # single DICOM files load as (W, H, 1)

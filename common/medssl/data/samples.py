@@ -95,9 +95,13 @@ DATALISTS = {
     "seg_3d": "datalist_seg_3d.json",
     "pretrain_2d": "datalist_pretrain_2d.json",
     "mixed": "datalist_mixed.json",
+    "cls_2d": "datalist_cls_2d.json",
     "dicom": "datalist_dicom.json",
 }
 """Datalist file names, by role."""
+
+MODALITY_CLASSES = ("CT", "MR", "XR")
+"""Class index of each modality in ``datalist_cls_2d.json`` (a real, if easy, image classification task)."""
 
 
 class SourceMissingError(RuntimeError):
@@ -695,6 +699,9 @@ def _datalists(have: set[str]) -> tuple[dict[str, dict[str, list[dict]]], list[s
                 d["dims"] = dims
         return out
 
+    def labelled(items: list[dict]) -> list[dict]:
+        return [dict(d, label=MODALITY_CLASSES.index(d["modality"])) for d in items]
+
     def series_ok(p: str) -> bool:
         return p in have or any(h.startswith(p + "/") for h in have)
 
@@ -708,6 +715,10 @@ def _datalists(have: set[str]) -> tuple[dict[str, dict[str, list[dict]]], list[s
         "mixed": {
             "training": img(_P3_TRAIN, 3) + img(_P2_TRAIN, 2),
             "validation": img(_P3_VAL, 3) + img(_P2_VAL, 2),
+        },
+        "cls_2d": {
+            "training": labelled(img(_P3_TRAIN, 3) + img(_P2_TRAIN, 2)),
+            "validation": labelled(img(_P3_VAL, 3) + img(_P2_VAL, 2)),
         },
         "dicom": {
             "training": [{"image": p, "modality": m, "dims": d} for p, m, d in _DCM_TRAIN if series_ok(p)],
