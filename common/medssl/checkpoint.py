@@ -17,7 +17,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,12 +190,13 @@ def load_state(
     prefix_map: Mapping[str, str] | None = None,
     exclude: str | re.Pattern | None = None,
     allow_partial: bool = False,
+    convert: Callable[[dict, torch.nn.Module], dict] | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and report what matched.
 
     Steps: read ``source`` (a path, loaded with ``weights_only=True`` on the CPU, or an in-memory checkpoint
     mapping), unwrap it with :func:`extract_state_dict`, strip a ``module.`` prefix shared by all keys, rename key
-    prefixes with ``prefix_map``, drop keys matching ``exclude`` on both sides, then compare with
+    prefixes with ``prefix_map``, apply ``convert``, drop keys matching ``exclude`` on both sides, then compare with
     ``model.state_dict()``.
 
     Args:
@@ -208,6 +209,8 @@ def load_state(
         exclude: regular expression (``re.search``) on key names; matching keys are neither loaded nor reported as
             missing/unexpected/mismatched (e.g. a re-initialised output layer).
         allow_partial: load whatever matches in name and shape and only log the rest.
+        convert: ``convert(state_dict, model) -> state_dict``, a method-specific adaptation of the checkpoint
+            tensors before the comparison (e.g. input channels, position-embedding grid size).
 
     Returns:
         a :class:`LoadReport`.
@@ -222,6 +225,8 @@ def load_state(
     sd = strip_prefix(sd)
     if prefix_map:
         sd = _apply_prefix_map(sd, prefix_map)
+    if convert is not None:
+        sd = convert(sd, model)
     target = model.state_dict()
     report = LoadReport(source=name)
     if exclude is not None:
