@@ -9,7 +9,7 @@ Importing this package is light: MONAI is imported only when a check runs.
 """
 
 from .check import DataCheckError, Problem, assert_datalist_ok, check_datalist, format_problems, load_datalist
-from .robust import BadSampleReporter, SkipBadSamplesDataset  # noqa: F401  (exported for bundle configs)
+from .robust import BadSampleReporter, RobustDataset, SkipBadSamplesDataset  # noqa: F401  (exported for bundle configs)
 from .samples import DATALISTS, SamplesReport, SourceMissingError, build_samples, samples_dir
 
 __all__ = [

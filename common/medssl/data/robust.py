@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BadSample", "BadSampleError", "BadSampleReporter", "SkipBadSamplesDataset"]
+__all__ = ["BadSample", "BadSampleError", "BadSampleReporter", "RobustDataset", "SkipBadSamplesDataset"]
 
 _MAX_REASON = 240
 _TRANSFORM = re.compile(r"applying transform <?([\w.]+)")
@@ -227,3 +227,16 @@ class BadSampleReporter:
     def completed(self, engine: Any) -> None:
         bad = self.dataset.bad_samples()
         self.logger.log(logging.WARNING if bad else logging.INFO, "run completed: %s", self.dataset.summary())
+
+
+class RobustDataset(SkipBadSamplesDataset):
+    """A MONAI ``Dataset(data, transform)`` under the ``skip_bad_samples`` policy, configured like a plain dataset.
+
+    Bundle configs use it as ``train#dataset`` so that ``train#dataset#data`` (which MONAI Label overrides) and
+    ``train#dataloader#dataset: "@train#dataset"`` (which MONAI's workflow property checks expect) keep their form.
+    """
+
+    def __init__(self, data: Sequence, transform: Any = None, skip_bad_samples: bool = True, **kwargs: Any) -> None:
+        from monai.data import Dataset
+
+        super().__init__(Dataset(data=data, transform=transform), skip_bad_samples=skip_bad_samples, **kwargs)
