@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
-__all__ = ["ImageGridSaver", "middle_slice"]
+__all__ = ["ImageGridSaver", "PerClassAUC", "middle_slice"]
 
 
 def middle_slice(image: torch.Tensor | np.ndarray, channel: int = 0) -> np.ndarray:
@@ -99,3 +99,51 @@ def _per_sample(output: list[dict] | dict) -> list[dict]:
         batch = len(next(iter(output.values())))
         return [{k: v[i] for k, v in output.items() if isinstance(v, torch.Tensor)} for i in range(batch)]
     return list(output)
+
+
+class PerClassAUC:
+    """Record the ROC AUC of every class as its own metric (``{prefix}{class name}``) after each evaluation.
+
+    MONAI's ``ROCAUC`` handler records one number; this one gives the per-class values that multi-label tasks such
+    as ChestX-ray14 report. Attach it to an evaluator before the handlers that print or save metrics.
+
+    Args:
+        class_names: one name per output channel (or the number of classes: names ``0, 1, ...``).
+        prefix: metric name prefix.
+        output_transform: maps ``engine.state.output`` to ``(pred, label)`` lists of per-sample (C,) tensors:
+            probabilities and one-hot or multi-hot labels.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | int,
+        prefix: str = "val_auc_",
+        output_transform: Callable | None = None,
+    ) -> None:
+        from monai.handlers import from_engine
+
+        self.names = [str(i) for i in range(class_names)] if isinstance(class_names, int) else list(class_names)
+        self.prefix = prefix
+        self.output_transform = output_transform or from_engine(["pred", "label"])
+        self._preds: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
+
+    def _reset(self, engine: Engine) -> None:
+        self._preds, self._labels = [], []
+
+    def _update(self, engine: Engine) -> None:
+        preds, labels = self.output_transform(engine.state.output)
+        self._preds += [torch.as_tensor(p).detach().cpu().flatten() for p in preds]
+        self._labels += [torch.as_tensor(y).detach().cpu().flatten() for y in labels]
+
+    def _compute(self, engine: Engine) -> None:
+        from monai.metrics import compute_roc_auc
+
+        preds, labels = torch.stack(self._preds), torch.stack(self._labels)
+        for c, name in enumerate(self.names):
+            engine.state.metrics[f"{self.prefix}{name}"] = float(compute_roc_auc(preds[:, c], labels[:, c]))
