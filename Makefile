@@ -16,6 +16,9 @@ help:
 	@echo "make demo [BUNDLE=name]   set up, build the sample data, run every bundle's demo"
 	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
 	@echo "make bench                speed benchmarks (benchmarks/)"
+	@echo "make dist [BUNDLE=..] [DIST_URL=..]  self-contained bundle zips + model_info.json in dist/"
+	@echo "make lock [BUNDLE=..]     record bundle versions and content hashes (bundles/versions.lock.json)"
+	@echo "make monailabel-env       MONAI Label 0.8.5 in .venv/envs (docs/monai_label.md)"
 
 # torch goes in first and alone: if pip resolved anything else first it would pull a CUDA build.
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -46,7 +49,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: data lint
+test: data lint monailabel-env
 	MEDSSL_SAMPLES=$(abspath $(SAMPLES)) $(PY) -m pytest $(PYTEST_ARGS)
 
 format: $(STAMP)
@@ -58,3 +61,18 @@ bench: data
 
 clean:
 	rm -rf $(VENV) $(SAMPLES) dist .pytest_cache .ruff_cache
+
+# Bundles as users receive them (medssl.bundle.dist): self-contained zips + model_info.json in dist/ (DIST_URL: the
+# folder URL they will be served from, e.g. https://github.com/<owner>/<repo>/releases/download/<tag>), the version
+# lock, and MONAI Label's own environment (torch linked from $(VENV), no second torch; see docs/monai_label.md).
+.PHONY: dist lock monailabel-env
+
+dist: $(STAMP)
+	$(PY) -m medssl.bundle dist --out dist $(if $(DIST_URL),--url $(DIST_URL),) $(BUNDLE)
+
+lock: $(STAMP)
+	$(PY) -m medssl.bundle lock $(BUNDLE)
+
+monailabel-env: $(STAMP)
+	$(PY) tools/side_venv.py $(VENV)/envs/monailabel-0.8.5 -r tools/monailabel-requirements.txt \
+	  --no-deps-spec monailabel==0.8.5 --path tools/monailabel_shim

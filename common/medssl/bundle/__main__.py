@@ -1,0 +1,78 @@
+"""Command line: ``python -m medssl.bundle dist|lock|verify``.
+
+* ``dist [--out dist] [--url URL] [NAME ...]``: self-contained ``<name>_v<version>.zip`` of each bundle (all by
+  default), large weights beside them, and ``model_info.json`` (see :mod:`medssl.bundle.dist`). ``--url`` is the
+  folder URL the files will be served from, e.g. a GitHub release
+  ``https://github.com/<owner>/<repo>/releases/download/<tag>`` (default: ``file://`` of the output folder).
+* ``lock [--force] [NAME ...]``: record versions and content hashes in ``bundles/versions.lock.json``; refuses a
+  bundle whose content changed without a version bump unless ``--force`` (only for a version never published).
+* ``verify [NAME ...]``: report disagreements with the lock file (exit 1 if any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import find_bundles
+from .dist import DistError, build_dist, lock_problems, update_lock
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m medssl.bundle", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=ROOT, help="repository root holding bundles/ (default: this one)")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("dist", help="write self-contained bundle zips and model_info.json")
+    d.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/dist)")
+    d.add_argument("--url", default=None, help="folder URL the files are served from (default: file:// of --out)")
+    d.add_argument("names", nargs="*", help="bundles to export (default: all)")
+    lk = sub.add_parser("lock", help="record bundle versions and content hashes in bundles/versions.lock.json")
+    lk.add_argument("--force", action="store_true", help="record changed content under an unchanged version")
+    lk.add_argument("names", nargs="*", help="bundles to record (default: all)")
+    v = sub.add_parser("verify", help="check bundles/versions.lock.json against the bundles")
+    v.add_argument("names", nargs="*", help="bundles to check (default: all)")
+    return p
+
+
+def _dist(args: argparse.Namespace) -> int:
+    out = args.out or args.root / "dist"
+    bundles = [b for b in find_bundles(args.root) if not args.names or b.name in args.names]
+    missing = sorted(set(args.names) - {b.name for b in bundles})
+    if missing:
+        print(f"no bundle named {', '.join(missing)}", file=sys.stderr)
+        return 2
+    done, errors = build_dist(bundles, out, args.url)
+    for d in done:
+        large = {f["path"] for f in d.large_files}
+        weights = ", ".join(f"{w} (large file)" if w in large else w for w in d.weights) or "none in models/"
+        print(f"{d.zip_path} (sha1 {d.sha1})\n  weights: {weights}\n  vendored: {', '.join(d.vendored) or 'nothing'}")
+    print(f"{out / 'model_info.json'}: {len(done)} bundle(s)")
+    for name, message in errors.items():
+        print(f"{name}: not exported: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "dist":
+        return _dist(args)
+    names = args.names or None
+    try:
+        if args.command == "lock":
+            recorded = update_lock(args.root, names, force=args.force)
+            print(f"{args.root / 'bundles' / 'versions.lock.json'}: recorded {', '.join(recorded)}")
+            return 0
+        problems = lock_problems(args.root, names)
+    except DistError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print("\n".join(problems) or "versions.lock.json agrees with every bundle", file=sys.stderr if problems else None)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
