@@ -7,10 +7,12 @@ from functools import partial
 import torch
 
 from medssl.distributed import ddp_loss_and_grads, seeded_model, single_loss_and_grads
-from scripts.networks import GenesisUNet
 
 
 def test_ddp_restoration_step_matches_one_process():
+    # imported here: spawned processes pickle the class by name, so it must be the module ``scripts`` is now
+    from scripts.networks import GenesisUNet
+
     model_fn = partial(seeded_model, GenesisUNet, seed=3, eval_mode=True, base_filters=4)
     torch.manual_seed(0)
     inputs, targets = torch.rand(4, 1, 16, 16, 8), torch.rand(4, 1, 16, 16, 8)
