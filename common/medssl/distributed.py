@@ -8,9 +8,10 @@ module runs that comparison on CPU with the ``gloo`` backend, so tests need no G
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
+import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 
 __all__ = ["ddp_loss_and_grads", "seeded_model", "single_loss_and_grads"]
 
+TIMEOUT = 180  # seconds for a whole check, and for the process group to form
 ModelFn = Callable[[], torch.nn.Module]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,9 +45,13 @@ def single_loss_and_grads(
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, port: int, model_fn, loss_fn, inputs, targets, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, folder: str, model_fn, loss_fn) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: never depend on how the host name resolves
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT)
+    )
+    # the batch travels as a file, not as spawn arguments (no shared-memory tensor handles between processes)
+    inputs, targets = torch.load(os.path.join(folder, "batch.pt"), weights_only=True)
     try:
         model = torch.nn.parallel.DistributedDataParallel(model_fn())
         shard = slice(rank * len(inputs) // world, (rank + 1) * len(inputs) // world)
@@ -55,15 +61,9 @@ def _worker(rank: int, world: int, port: int, model_fn, loss_fn, inputs, targets
         dist.all_reduce(global_loss)
         if rank == 0:
             grads = {n: p.grad for n, p in model.module.named_parameters() if p.grad is not None}
-            torch.save({"loss": global_loss.item() / world, "grads": grads}, out)
+            torch.save({"loss": global_loss.item() / world, "grads": grads}, os.path.join(folder, "rank0.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ddp_loss_and_grads(
@@ -77,8 +77,14 @@ def ddp_loss_and_grads(
     if len(inputs) % nproc:
         raise ValueError(f"a batch of {len(inputs)} does not split into {nproc} equal shards")
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
-        args = (nproc, _free_port(), model_fn, loss_fn, inputs, targets, out)
-        mp.spawn(_worker, args=args, nprocs=nproc, join=True)
-        result = torch.load(out, weights_only=True)
+        torch.save((inputs, targets), os.path.join(tmp, "batch.pt"))
+        context = mp.spawn(_worker, args=(nproc, tmp, model_fn, loss_fn), nprocs=nproc, join=False)
+        deadline = time.monotonic() + TIMEOUT
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                codes = [p.exitcode for p in context.processes]
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"DDP check did not finish in {TIMEOUT} s (process exit codes: {codes})")
+        result = torch.load(os.path.join(tmp, "rank0.pt"), weights_only=True)
     return result["loss"], result["grads"]

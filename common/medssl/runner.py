@@ -72,6 +72,8 @@ def start_config(
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, "-m", "monai.bundle", "run", run_id, "--args_file", str(args_file)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    if nproc > 1:  # all processes on this machine: gloo must not depend on how the host name resolves
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
