@@ -20,6 +20,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the proposed demo model: ViT-Tiny width (192, 3 heads), 4 blocks, decoder 128 × 2, on the paper's geometry
+# (224², 16² patches: 196 tokens, 49 visible), so grids, heads and figures stay those of ViT-B/16
+DEMO = {
+    "img_size": 224,
+    "patch_size": 16,
+    "hidden_size": 192,
+    "num_layers": 4,
+    "num_heads": 3,
+    "mlp_dim": 768,
+    "decoder_hidden_size": 128,
+    "decoder_num_layers": 2,
+    "decoder_num_heads": 4,
+    "decoder_mlp_dim": 512,
+}
+
 #: ``MaskedAutoencoderViT`` arguments and the default batch size of each benchmarked model.
 MODELS = {
     "vit-b16": (
@@ -37,39 +52,9 @@ MODELS = {
         },
         8,
     ),
-    # the proposed demo model: ViT-Tiny width (192, 3 heads), 4 blocks, decoder 128 × 2, on the paper's geometry
-    # (224², 16² patches: 196 tokens, 49 visible), so grids, heads and figures stay those of ViT-B/16
-    "demo": (
-        {
-            "img_size": 224,
-            "patch_size": 16,
-            "hidden_size": 192,
-            "num_layers": 4,
-            "num_heads": 3,
-            "mlp_dim": 768,
-            "decoder_hidden_size": 128,
-            "decoder_num_layers": 2,
-            "decoder_num_heads": 4,
-            "decoder_mlp_dim": 512,
-        },
-        32,
-    ),
+    "demo": (DEMO, 32),
     # the same widths on 96² images with 8² patches (144 tokens, 36 visible)
-    "demo-96": (
-        {
-            "img_size": 96,
-            "patch_size": 8,
-            "hidden_size": 192,
-            "num_layers": 4,
-            "num_heads": 3,
-            "mlp_dim": 768,
-            "decoder_hidden_size": 128,
-            "decoder_num_layers": 2,
-            "decoder_num_heads": 4,
-            "decoder_mlp_dim": 512,
-        },
-        32,
-    ),
+    "demo-96": ({**DEMO, "img_size": 96, "patch_size": 8}, 32),
 }
 
 
