@@ -26,7 +26,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps nilearn==0.14.1 pydicom-data==1.0.0
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps nilearn==0.14.1 pydicom-data==1.0.0 medmnist==3.0.2
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt --no-deps -e .
 	touch $@
 
@@ -58,6 +58,7 @@ format: $(STAMP)
 
 bench: data
 	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES)
+	$(PY) benchmarks/training_steps.py --samples $(SAMPLES)
 
 clean:
 	rm -rf $(VENV) $(SAMPLES) dist .pytest_cache .ruff_cache

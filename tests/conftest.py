@@ -46,7 +46,7 @@ def samples_dir(tmp_path_factory) -> Path:
     """The real sample dataset: ``$MEDSSL_SAMPLES`` (set by ``make test``) or built once into a temporary folder."""
     env = os.environ.get("MEDSSL_SAMPLES")
     if env and Path(env, "provenance.json").is_file():
-        return Path(env)
+        return Path(env).resolve()
     out = tmp_path_factory.mktemp("samples")
     subprocess.run([sys.executable, "-m", "medssl.data", "samples", "--out", str(out)], check=True)
     return out

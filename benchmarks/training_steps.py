@@ -1,0 +1,174 @@
+"""Training step time and peak memory of every bundle's pre-training, at demo and paper size, with each speed switch.
+
+For each bundle the pretext config of its demo (``demos/<bundle>.json``) is built exactly as
+``python -m monai.bundle run`` would build it, on the real sample data: at **demo size** (the demo's overrides)
+and at **paper size** (the config's defaults, which are the paper's, with the batch size given by ``--paper-batch``
+so that a CPU finishes). One batch is drawn, then the trainer's own iteration (forward, loss, backward, optimiser
+step) runs ``--warmup`` + ``--steps`` times on it, so data loading is not counted. Variants: fp32, ``precision=bf16``,
+``channels_last=true`` and ``compile=true`` (inductor; compilation happens during the warm-up steps).
+
+Every measurement runs in its own child process: peak memory is that child's high-water resident set
+(``ru_maxrss``; on a GPU ``torch.cuda.max_memory_allocated``). The table goes to ``docs/benchmarks.md``:
+
+    python benchmarks/training_steps.py                       # every bundle, both sizes, every variant
+    python benchmarks/training_steps.py --bundles medmae --sizes demo --variants fp32 bf16 --out -
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "fp32": {},
+    "bf16": {"precision": "bf16"},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+}
+QUIET = {"num_workers": 0, "progress": False, "check_data": False}
+
+
+def pretext(bundle: str) -> tuple[str, dict]:
+    """The demo's pre-training config of ``bundle`` and its demo-size overrides."""
+    demo = json.loads((ROOT / "demos" / f"{bundle}.json").read_text())["pretext"]
+    return demo.get("benchmark_config", demo["configs"][-1]), demo["overrides"]
+
+
+def measure(bundle: str, config: str, overrides: dict, steps: int, warmup: int) -> dict:
+    """Build the trainer in this process, time its iterations on one batch and report the peak memory."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    from medssl.runner import copy_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = copy_bundle(ROOT / "bundles" / bundle, tmp)
+        os.chdir(copy)
+        sys.path.insert(0, str(copy))
+        parser = ConfigParser()
+        parser.read_config(str(copy / "configs" / config))
+        parser.update({**overrides, "bundle_root": str(copy)})
+        set_determinism(seed=0)
+        trainer = parser.get_parsed_content("train#trainer")
+        batch = next(iter(trainer.data_loader))
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            output = trainer._iteration(trainer, batch)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        loss = float((output[0] if isinstance(output, list) else output)["loss"])  # decollated per sample
+    if torch.cuda.is_available():
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    batch_size = trainer.data_loader.batch_size
+    return {"batch": batch_size, "step_s": sorted(times)[len(times) // 2], "peak_mb": peak_mb, "loss": loss}
+
+
+def run_child(bundle: str, config: str, overrides: dict, args) -> dict:
+    spec = json.dumps({"bundle": bundle, "config": config, "overrides": overrides})
+    cmd = [sys.executable, __file__, "--child", spec, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def size_overrides(size: str, demo_overrides: dict, samples: str, args) -> dict:
+    if size == "demo":
+        overrides = {k: v for k, v in demo_overrides.items() if k != "dataset_dir"}
+    else:
+        overrides = {"batch_size": args.paper_batch}
+    return {**overrides, **QUIET, "dataset_dir": samples}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| bundle | config | size | batch | variant | step (s) | vs fp32 | peak memory (MB) | loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {(r["bundle"], r["size"]): r for r in rows if r["variant"] == "fp32" and "step_s" in r}
+    for r in rows:
+        head = f"| {r['bundle']} | `{r['config']}` | {r['size']} | {r['batch']} | {r['variant']} |"
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error'][:80]} | | | |")
+            continue
+        ref = base.get((r["bundle"], r["size"]))
+        ratio = f"{ref['step_s'] / r['step_s']:.2f}×" if ref else ""
+        lines.append(f"{head} {r['step_s']:.3f} | {ratio} | {r['peak_mb']:.0f} | {r['loss']:.4g} |")
+    return "\n".join(lines)
+
+
+def report(rows: list[dict], args) -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return "\n".join(
+        [
+            "# Training speed",
+            "",
+            "Made by `make bench` (`python benchmarks/training_steps.py`); see that script's docstring for the method.",
+            f"Machine: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__}.",
+            f"Median of {args.steps} steps after {args.warmup} warm-up steps on one batch of real sample data;",
+            "paper size: the config's defaults with the batch shown (the paper's batch does not fit a CPU run);",
+            "peak memory: the whole process's high-water resident set on CPU (model, optimiser, one batch, Python).",
+            "`vs fp32`: speed-up over the fp32 row of the same bundle and size (above 1 is faster).",
+            "",
+            table(rows),
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    bundles = sorted(p.stem for p in (ROOT / "demos").glob("*.json"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", nargs="+", default=bundles, choices=bundles)
+    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--samples", default=str(ROOT / "data" / "samples"))
+    parser.add_argument("--paper-batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="'-' prints the table only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(measure(spec["bundle"], spec["config"], spec["overrides"], args.steps, args.warmup)))
+        return
+
+    samples = str(Path(args.samples).resolve())
+    rows = []
+    for bundle in args.bundles:
+        config, demo_overrides = pretext(bundle)
+        for size in args.sizes:
+            overrides = size_overrides(size, demo_overrides, samples, args)
+            for variant in args.variants:
+                row = {"bundle": bundle, "config": config, "size": size, "variant": variant, "batch": "?"}
+                row.update(run_child(bundle, config, {**overrides, **VARIANTS[variant]}, args))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    if args.out == "-":
+        print(table(rows))
+    else:
+        Path(args.out).write_text(report(rows, args))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Speed switches (``precision``, ``channels_last``, ``compile``): wired into every training config, and the
+same loss within tolerance on each bundle's real pre-training and fine-tuning batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.inferers import SimpleInferer
+from monai.utils import set_determinism
+
+from bundle_env import activate_bundle
+from medssl.bundle import find_bundles
+from medssl.runner import copy_bundle, fill_placeholders
+from medssl.speed import SpeedInferer, autocast_dtype, to_channels_last
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = find_bundles(ROOT)
+SWITCHES = {"precision": "fp32", "channels_last": False, "compile": False, "compile_backend": "inductor"}
+
+
+def training_configs(bundle: Path) -> list[Path]:
+    return sorted(p for p in bundle.glob("configs/*.json") if p.name.startswith(("pretrain", "train")))
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.BatchNorm3d(4), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1)
+    )
+
+
+def test_bf16_autocast_runs_in_bf16_and_returns_float32():
+    net, x = _net(), torch.randn(2, 1, 8, 8, 8)
+    seen = []
+    net[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    reference = net(x)
+    out = SpeedInferer(precision="bf16")(x, net)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05)
+    assert not torch.equal(out, reference)  # it really ran in reduced precision
+
+
+def test_channels_last_converts_network_and_inputs_once_with_the_same_result():
+    net, x = _net(), torch.randn(2, 1, 8, 8, 8)
+    reference = net(x)
+    inferer = SpeedInferer(SimpleInferer(), channels_last=True)
+    out = inferer(x, net)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert to_channels_last(x).is_contiguous(memory_format=torch.channels_last_3d)
+    assert to_channels_last(torch.zeros(2, 3)).shape == (2, 3)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert net[0].weight.grad is not None
+
+
+def test_bad_precision_settings_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_dtype("half")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            SpeedInferer(precision="fp16")(torch.zeros(1, 1, 4, 4, 4), _net())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_every_training_config_has_the_switches(bundle):
+    configs = training_configs(bundle)
+    assert configs, f"{bundle.name} has no training configs"
+    for config in configs:
+        if config.name.startswith("multi_gpu_"):
+            continue
+        content = json.loads(config.read_text())
+        for key, default in SWITCHES.items():
+            assert content.get(key) == default, f"{config}: '{key}' should default to {default!r}"
+        trainer = content["train"]["trainer"]
+        assert trainer.get("compile") == "@compile", f"{config}: trainer ignores 'compile'"
+        assert trainer.get("amp") == "$@precision == 'fp16'", f"{config}: trainer ignores 'precision' fp16"
+        inferer = content["train"]["inferer"]
+        assert inferer["_target_"] == "medssl.speed.SpeedInferer", f"{config}: train#inferer is not SpeedInferer"
+
+
+def _plan_overrides(bundle: Path, config: str, samples: Path) -> dict | None:
+    plan = json.loads((ROOT / "tests" / "plans" / f"{bundle.name}.json").read_text())
+    for step in plan["steps"]:
+        if step["configs"] == [config] and step.get("nproc", 1) == 1:
+            return fill_placeholders(step.get("overrides", {}), samples=samples, bundle_root=bundle)
+    return None
+
+
+def _loss(trainer, inferer, network, batch, plain_tensors: bool = False) -> torch.Tensor:
+    prepared = trainer.prepare_batch(batch, trainer.state.device, False)
+    inputs, targets = prepared[0], prepared[1]
+    if plain_tensors:  # as SupervisedTrainer(compile=True) does (pytorch/pytorch#117026)
+        inputs, targets = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (inputs, targets))
+    torch.manual_seed(0)  # the same random masks etc. for every variant
+    return trainer.loss_function(inferer(inputs, network), targets).mean()
+
+
+PLANNED = [b for b in BUNDLES if (ROOT / "tests" / "plans" / f"{b.name}.json").is_file()]
+
+
+@pytest.mark.parametrize("config", ["pretrain.json", "train.json"])
+@pytest.mark.parametrize("bundle", PLANNED, ids=[b.name for b in PLANNED])
+def test_switches_give_the_same_loss(bundle, config, samples_dir, monkeypatch, tmp_path):
+    copy = copy_bundle(bundle, tmp_path)
+    overrides = _plan_overrides(copy, config, samples_dir.resolve())
+    if overrides is None:
+        pytest.skip(f"{bundle.name} has no single-process plan step for {config}")
+    monkeypatch.chdir(copy)
+    activate_bundle(bundle.name)
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / config))
+    parser.update({**overrides, "bundle_root": str(copy)})
+    set_determinism(seed=0)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer.inferer, SpeedInferer)
+    base, network = trainer.inferer.inferer, trainer.network.train()
+    batch = next(iter(trainer.data_loader))
+
+    reference = _loss(trainer, base, network, batch)
+    bf16 = _loss(trainer, SpeedInferer(base, precision="bf16"), network, batch)
+    compiled = _loss(trainer, base, torch.compile(network, backend="aot_eager"), batch, plain_tensors=True)
+    channels_last = _loss(trainer, SpeedInferer(base, channels_last=True), network, batch)
+
+    torch.testing.assert_close(bf16, reference, rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-6)
+    set_determinism(seed=None)
