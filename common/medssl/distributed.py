@@ -36,11 +36,16 @@ def seeded_model(factory: Callable[..., torch.nn.Module], seed: int = 0, eval_mo
 
 
 def single_loss_and_grads(
-    model_fn: ModelFn, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
+    model_fn: ModelFn,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    forward_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss and parameter gradients of one process on the whole batch."""
+    """Loss and parameter gradients of one process on the whole batch (``forward_kwargs``: per-sample tensors
+    passed to the model's forward, e.g. MAE masking noise)."""
     model = model_fn()
-    loss = loss_fn(model(inputs), targets)
+    loss = loss_fn(model(inputs, **(forward_kwargs or {})), targets)
     loss.backward()
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -51,11 +56,11 @@ def _worker(rank: int, world: int, folder: str, model_fn, loss_fn) -> None:
         "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT)
     )
     # the batch travels as a file, not as spawn arguments (no shared-memory tensor handles between processes)
-    inputs, targets = torch.load(os.path.join(folder, "batch.pt"), weights_only=True)
+    inputs, targets, forward_kwargs = torch.load(os.path.join(folder, "batch.pt"), weights_only=True)
     try:
         model = torch.nn.parallel.DistributedDataParallel(model_fn())
         shard = slice(rank * len(inputs) // world, (rank + 1) * len(inputs) // world)
-        loss = loss_fn(model(inputs[shard]), targets[shard])
+        loss = loss_fn(model(inputs[shard], **{k: v[shard] for k, v in forward_kwargs.items()}), targets[shard])
         loss.backward()
         global_loss = loss.detach().clone()
         dist.all_reduce(global_loss)
@@ -67,9 +72,15 @@ def _worker(rank: int, world: int, folder: str, model_fn, loss_fn) -> None:
 
 
 def ddp_loss_and_grads(
-    model_fn: ModelFn, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor, nproc: int = 2
+    model_fn: ModelFn,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    nproc: int = 2,
+    forward_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss (averaged over processes) and rank 0's gradients after DDP on ``nproc`` equal shards of the batch.
+    """Loss (averaged over processes) and rank 0's gradients after DDP on ``nproc`` equal shards of the batch
+    (``forward_kwargs`` are sharded the same way).
 
     ``model_fn`` and ``loss_fn`` must be picklable (module-level functions or ``functools.partial``) and
     ``model_fn`` must build identical models in every process (seed inside it).
@@ -77,7 +88,7 @@ def ddp_loss_and_grads(
     if len(inputs) % nproc:
         raise ValueError(f"a batch of {len(inputs)} does not split into {nproc} equal shards")
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save((inputs, targets), os.path.join(tmp, "batch.pt"))
+        torch.save((inputs, targets, forward_kwargs or {}), os.path.join(tmp, "batch.pt"))
         context = mp.spawn(_worker, args=(nproc, tmp, model_fn, loss_fn), nprocs=nproc, join=False)
         deadline = time.monotonic() + TIMEOUT
         while not context.join(timeout=1.0):

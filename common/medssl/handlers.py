@@ -105,7 +105,8 @@ class PerClassAUC:
     """Record the ROC AUC of every class as its own metric (``{prefix}{class name}``) after each evaluation.
 
     MONAI's ``ROCAUC`` handler records one number; this one gives the per-class values that multi-label tasks such
-    as ChestX-ray14 report. Attach it to an evaluator before the handlers that print or save metrics.
+    as ChestX-ray14 report. Attach it to an evaluator before the handlers that print or save metrics; under
+    torch.distributed attach it on every rank (predictions are gathered).
 
     Args:
         class_names: one name per output channel (or the number of classes: names ``0, 1, ...``).
@@ -143,7 +144,11 @@ class PerClassAUC:
 
     def _compute(self, engine: Engine) -> None:
         from monai.metrics import compute_roc_auc
+        from monai.utils import evenly_divisible_all_gather
 
         preds, labels = torch.stack(self._preds), torch.stack(self._labels)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank scores the whole validation set (the evaluator's sampler splits it)
+            preds, labels = evenly_divisible_all_gather(preds), evenly_divisible_all_gather(labels)
         for c, name in enumerate(self.names):
             engine.state.metrics[f"{self.prefix}{name}"] = float(compute_roc_auc(preds[:, c], labels[:, c]))
