@@ -4,6 +4,9 @@ same loss within tolerance on each bundle's real pre-training and fine-tuning ba
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,10 +87,14 @@ def test_every_training_config_has_the_switches(bundle):
         assert inferer["_target_"] == "medssl.speed.SpeedInferer", f"{config}: train#inferer is not SpeedInferer"
 
 
-def _plan_overrides(bundle: Path, config: str, samples: Path) -> dict | None:
+def _prepare(bundle: Path, config: str, samples: Path) -> dict | None:
+    """Run the plan's preparation commands before ``config``'s first single-process step; return its overrides."""
     plan = json.loads((ROOT / "tests" / "plans" / f"{bundle.name}.json").read_text())
     for step in plan["steps"]:
-        if step["configs"] == [config] and step.get("nproc", 1) == 1:
+        if "command" in step:
+            command = fill_placeholders(step["command"], samples=samples, bundle_root=bundle, python=sys.executable)
+            subprocess.run(command, cwd=bundle, check=True, env=dict(os.environ, PYTHONPATH=str(bundle)))
+        elif step["configs"] == [config] and step.get("nproc", 1) == 1:
             return fill_placeholders(step.get("overrides", {}), samples=samples, bundle_root=bundle)
     return None
 
@@ -95,10 +102,11 @@ def _plan_overrides(bundle: Path, config: str, samples: Path) -> dict | None:
 def _loss(trainer, inferer, network, batch, plain_tensors: bool = False) -> torch.Tensor:
     prepared = trainer.prepare_batch(batch, trainer.state.device, False)
     inputs, targets = prepared[0], prepared[1]
+    args, kwargs = prepared[2:] if len(prepared) == 4 else ((), {})
     if plain_tensors:  # as SupervisedTrainer(compile=True) does (pytorch/pytorch#117026)
         inputs, targets = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (inputs, targets))
     torch.manual_seed(0)  # the same random masks etc. for every variant
-    return trainer.loss_function(inferer(inputs, network), targets).mean()
+    return trainer.loss_function(inferer(inputs, network, *args, **kwargs), targets).mean()
 
 
 PLANNED = [b for b in BUNDLES if (ROOT / "tests" / "plans" / f"{b.name}.json").is_file()]
@@ -108,7 +116,7 @@ PLANNED = [b for b in BUNDLES if (ROOT / "tests" / "plans" / f"{b.name}.json").i
 @pytest.mark.parametrize("bundle", PLANNED, ids=[b.name for b in PLANNED])
 def test_switches_give_the_same_loss(bundle, config, samples_dir, monkeypatch, tmp_path):
     copy = copy_bundle(bundle, tmp_path)
-    overrides = _plan_overrides(copy, config, samples_dir.resolve())
+    overrides = _prepare(copy, config, samples_dir.resolve())
     if overrides is None:
         pytest.skip(f"{bundle.name} has no single-process plan step for {config}")
     monkeypatch.chdir(copy)

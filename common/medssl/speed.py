@@ -69,7 +69,10 @@ class SpeedInferer(Inferer):
         if self.channels_last:
             memory_format = _memory_format(inputs.ndim)
             if memory_format is not None and id(network) not in self._converted:
-                network.to(memory_format=memory_format)
+                # only the weights of the input's rank: a network may hold both 2D and 3D paths
+                for param in network.parameters():
+                    if param.ndim == inputs.ndim:
+                        param.data = param.data.contiguous(memory_format=memory_format)
                 self._converted.add(id(network))
             inputs = to_channels_last(inputs)
         if self.dtype is None:

@@ -1,0 +1,545 @@
+"""MedMNIST v2 / MedMNIST+ data for Medformer: dataset registry, ``.npz`` reading and checks, multi-task sampling.
+
+Every dataset is described by a :class:`DatasetSpec` (dimensionality, channels, task type, label names, modality and
+body part). Official MedMNIST subsets take their task, labels and channels from the ``medmnist`` package's ``INFO``
+(nothing is downloaded); the config's ``dataset_registry`` adds the modality and body-part latents and may define
+new datasets in the same ``.npz`` layout (``{split}_images``, ``{split}_labels``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.engines.utils import PrepareBatch
+from monai.transforms import Affine, MapTransform, Randomizable, Transform
+
+from medssl.data import RobustDataset
+
+__all__ = [
+    "TASK_TYPES",
+    "DatasetSpec",
+    "MedMNISTDataError",
+    "MultiTaskDataset",
+    "NpzSplit",
+    "RandAugment",
+    "RandAugmentd",
+    "RandViewsd",
+    "SamplerEpochSetter",
+    "TaskBatchSampler",
+    "TaskPrepareBatch",
+    "check_medmnist",
+    "dataset_for",
+    "medmnist_info",
+    "network_domains",
+    "network_tasks",
+    "npz_path",
+    "resolve_specs",
+]
+
+TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+SPLITS = ("train", "val", "test")
+
+
+def medmnist_info() -> dict[str, dict]:
+    """``medmnist.info.INFO`` (metadata of the 18 official subsets), imported without the package's import banner."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        from medmnist.info import INFO
+    return INFO
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What Medformer needs to know about one dataset/task.
+
+    Attributes:
+        name: dataset id (e.g. ``"pathmnist"``); also the name of its task latent and head.
+        dim: 2 or 3.
+        n_channels: image channels (1 grayscale, 3 RGB).
+        task: one of :data:`TASK_TYPES` (MedMNIST's names).
+        labels: class (or label) names, in index order.
+        modality: modality latent, e.g. ``"ct"``.
+        body_part: body-part latent, e.g. ``"abdomen"``.
+    """
+
+    name: str
+    dim: int
+    n_channels: int
+    task: str
+    labels: tuple[str, ...]
+    modality: str
+    body_part: str
+
+    def num_outputs(self, ordinal_mode: str = "ce") -> int:
+        """Logits of the task head: one per class or label; one for binary tasks and for ordinal ``"mse"``."""
+        if self.task == "binary-class" or (self.task == "ordinal-regression" and ordinal_mode == "mse"):
+            return 1
+        return len(self.labels)
+
+    def domain(self) -> dict[str, Any]:
+        """The network's view of the dataset's inputs (plain values, so networks do not depend on this module)."""
+        return {"dim": self.dim, "n_channels": self.n_channels, "modality": self.modality, "body_part": self.body_part}
+
+
+def resolve_specs(registry: Mapping[str, Mapping], names: Sequence[str]) -> dict[str, DatasetSpec]:
+    """Specs of ``names``: ``INFO`` for official subsets, completed or overridden by ``registry[name]``.
+
+    A dataset unknown to MedMNIST must give ``dim``, ``n_channels``, ``task`` and ``labels`` itself.
+    """
+    info = medmnist_info()
+    specs = {}
+    for name in names:
+        entry = {**_info_entry(info.get(name)), **dict(registry.get(name, {}))}
+        missing = [k for k in ("dim", "n_channels", "task", "labels", "modality", "body_part") if k not in entry]
+        if missing:
+            raise ValueError(f"dataset '{name}': no {missing} in dataset_registry (and not an official MedMNIST set)")
+        if entry["task"] not in TASK_TYPES:
+            raise ValueError(f"dataset '{name}': task '{entry['task']}' is not one of {TASK_TYPES}")
+        labels = entry["labels"]
+        labels = [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, Mapping) else list(labels)
+        specs[name] = DatasetSpec(
+            name=name,
+            dim=int(entry["dim"]),
+            n_channels=int(entry["n_channels"]),
+            task=entry["task"],
+            labels=tuple(labels),
+            modality=entry["modality"],
+            body_part=entry["body_part"],
+        )
+    return specs
+
+
+def _info_entry(info: Mapping | None) -> dict:
+    if info is None:
+        return {}
+    return {
+        "dim": 3 if info["python_class"].endswith("3D") else 2,
+        "n_channels": info["n_channels"],
+        "task": info["task"],
+        "labels": info["label"],
+    }
+
+
+def network_domains(specs: Mapping[str, DatasetSpec]) -> dict[str, dict]:
+    """``{name: {dim, n_channels, modality, body_part}}``: ``domains`` of :class:`scripts.networks.Medformer`."""
+    return {name: spec.domain() for name, spec in specs.items()}
+
+
+def network_tasks(specs: Mapping[str, DatasetSpec], ordinal_mode: str = "ce") -> dict[str, int]:
+    """``{name: num_outputs}``: ``tasks`` of :class:`scripts.networks.Medformer`."""
+    return {name: spec.num_outputs(ordinal_mode) for name, spec in specs.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# .npz files
+
+
+class MedMNISTDataError(ValueError):
+    """A MedMNIST ``.npz`` file is missing or does not hold what its dataset spec says."""
+
+
+def npz_path(root: str | Path, name: str, size: int) -> Path:
+    """MedMNIST file naming: ``{name}.npz`` at 28 px, ``{name}_{size}.npz`` for MedMNIST+ sizes."""
+    return Path(root) / (f"{name}.npz" if size == 28 else f"{name}_{size}.npz")
+
+
+def _expected_image_shape(spec: DatasetSpec, size: int) -> tuple[int, ...]:
+    if spec.dim == 3:
+        return (size, size, size)
+    return (size, size) if spec.n_channels == 1 else (size, size, spec.n_channels)
+
+
+class NpzSplit(Sequence):
+    """One split of one MedMNIST ``.npz`` file as a sequence of sample dicts (arrays read on first use).
+
+    Items: ``image`` float32 channel-first in [0, 1], ``label`` as the task's loss expects (int64 class index for
+    multi-class and ordinal, float32 vector for binary and multi-label), and the sample's ``dataset``, ``dim``,
+    ``modality`` and ``body_part``.
+    """
+
+    def __init__(self, root: str | Path, spec: DatasetSpec, split: str, size: int, with_labels: bool = True) -> None:
+        self.path = npz_path(root, spec.name, size)
+        self.with_labels = with_labels
+        self.spec = spec
+        self.split = split
+        self.size = size
+        self.images, self.labels = self._load()
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        where = f"{self.path} (dataset '{self.spec.name}', split '{self.split}')"
+        if not self.path.is_file():
+            raise MedMNISTDataError(f"{where}: file not found; put the official MedMNIST .npz files in this folder")
+        try:
+            archive = np.load(self.path, allow_pickle=False)
+            keys = set(archive.files)
+        except Exception as exc:
+            raise MedMNISTDataError(f"{where}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+        missing = [k for k in (f"{self.split}_images", f"{self.split}_labels") if k not in keys]
+        if missing:
+            raise MedMNISTDataError(f"{where}: missing array(s) {missing}; the file has {sorted(keys)}")
+        images, labels = archive[f"{self.split}_images"], archive[f"{self.split}_labels"]
+        expected = _expected_image_shape(self.spec, self.size)
+        if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected:
+            raise MedMNISTDataError(
+                f"{where}: {self.split}_images has shape {images.shape}, expected (N, {', '.join(map(str, expected))})"
+                f" for a {self.spec.dim}D, {self.spec.n_channels}-channel set at size {self.size}"
+            )
+        width = len(self.spec.labels) if self.spec.task.startswith("multi-label") else 1
+        if labels.shape != (len(images), width):
+            raise MedMNISTDataError(
+                f"{where}: {self.split}_labels has shape {labels.shape}, expected ({len(images)}, {width})"
+            )
+        if self.spec.task != "multi-label, binary-class" and (
+            labels.min() < 0 or labels.max() >= len(self.spec.labels)
+        ):
+            raise MedMNISTDataError(
+                f"{where}: labels outside 0..{len(self.spec.labels) - 1} (found {labels.min()}..{labels.max()})"
+            )
+        return images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        image = self.images[index]
+        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        image = np.moveaxis(image, -1, 0) if image.ndim == 3 and self.spec.dim == 2 else image[None]
+        item = {
+            "image": np.ascontiguousarray(image),
+            "dataset": self.spec.name,
+            "dim": f"{self.spec.dim}d",
+            "modality": self.spec.modality,
+            "body_part": self.spec.body_part,
+        }
+        if self.with_labels:
+            raw = self.labels[index]
+            single = self.spec.task in ("multi-class", "ordinal-regression")
+            item["label"] = np.int64(raw[0]) if single else raw.astype(np.float32)
+        return item
+
+
+def check_medmnist(
+    root: str | Path, specs: Mapping[str, DatasetSpec], size_2d: int, size_3d: int, splits: Sequence[str] = SPLITS
+) -> None:
+    """Read every split of every dataset before training; raise one :class:`MedMNISTDataError` listing all problems."""
+    problems = []
+    for spec in specs.values():
+        for split in splits:
+            try:
+                NpzSplit(root, spec, split, size_3d if spec.dim == 3 else size_2d)
+            except MedMNISTDataError as err:
+                problems.append(str(err))
+    if problems:
+        raise MedMNISTDataError(f"{len(problems)} problem(s) with the MedMNIST files:\n  " + "\n  ".join(problems))
+
+
+class MultiTaskDataset(torch.utils.data.ConcatDataset):
+    """The splits of several datasets concatenated; each with the 2D or 3D transform chain of its dimensionality.
+
+    Args:
+        data: dataset names (in this order; the index ranges follow it).
+        specs: their specs (:func:`resolve_specs`).
+        root: folder of the ``.npz`` files.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        size_2d: image size of the 2D sets (28, 64, 128 or 224).
+        size_3d: image size of the 3D sets (28 or 64).
+        transform_2d: transform of 2D samples.
+        transform_3d: transform of 3D samples.
+        skip_bad_samples: replace samples whose transform fails (see ``medssl.data.RobustDataset``).
+        with_labels: give each sample its ``label`` (False for self-supervised pre-training).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[str],
+        specs: Mapping[str, DatasetSpec],
+        root: str | Path,
+        split: str,
+        size_2d: int = 28,
+        size_3d: int = 28,
+        transform_2d: Any = None,
+        transform_3d: Any = None,
+        skip_bad_samples: bool = False,
+        with_labels: bool = True,
+    ) -> None:
+        self.names = list(data)
+        parts = []
+        for name in self.names:
+            spec = specs[name]
+            items = NpzSplit(root, spec, split, size_3d if spec.dim == 3 else size_2d, with_labels)
+            transform = transform_3d if spec.dim == 3 else transform_2d
+            parts.append(RobustDataset(items, transform, skip_bad_samples=skip_bad_samples, path_keys=("dataset",)))
+        super().__init__(parts)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of samples of each dataset, in ``names`` order."""
+        return [len(d) for d in self.datasets]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sampling: every mini-batch holds one dataset (2D and 3D tensors cannot share a batch); batches are interleaved
+
+
+class TaskBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices of a :class:`MultiTaskDataset`, each from one dataset, in shuffled order.
+
+    ``sampling="proportional"`` (the thesis: shuffle the combined index) draws every sample once per epoch, so a
+    dataset's share of the batches is its share of the samples. ``"balanced"`` gives every dataset the same number
+    of batches per epoch (the mean over datasets), resampling small sets and subsampling large ones.
+
+    Under DDP (``num_replicas > 1``) all processes build the same sequence of global batches of
+    ``batch_size * num_replicas`` samples and each takes its own slice, so a global batch still holds one dataset;
+    a dataset's last, partial global batch is completed with its first samples (as ``DistributedSampler`` pads), so
+    that every process runs the same number of steps.
+    :class:`SamplerEpochSetter` gives each epoch a new, reproducible order (seeded by ``seed`` and the trainer's
+    epoch, hence restored exactly by a resumed run).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        sampling: str = "proportional",
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if sampling not in ("proportional", "balanced"):
+            raise ValueError(f"sampling must be 'proportional' or 'balanced', got '{sampling}'")
+        self.sizes = list(sizes)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.sampling = sampling
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        step = self.batch_size * self.num_replicas
+        offsets = np.cumsum([0, *self.sizes])
+        per_set = None
+        if self.sampling == "balanced":
+            per_set = math.ceil(sum(self.sizes) / len(self.sizes))
+        batches = []
+        for offset, size in zip(offsets, self.sizes):
+            if size == 0:
+                continue
+            order = torch.randperm(size, generator=generator) if self.shuffle else torch.arange(size)
+            if per_set is not None:
+                repeats = math.ceil(per_set / size)
+                order = torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])[:per_set]
+            order = order + int(offset)
+            full = len(order) // step * step
+            batches += list(order[:full].split(step))
+            if full < len(order) and not self.drop_last:
+                rest = order[full:]
+                if self.num_replicas > 1:  # every process must run the same number of steps (collectives)
+                    rest = torch.cat([rest, order.repeat(math.ceil(step / len(order)))[: step - len(rest)]])
+                batches.append(rest)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            if len(mine):
+                yield mine.tolist()
+
+    def __len__(self) -> int:
+        return sum(1 for batch in self._global_batches() if len(batch) > self.rank * self.batch_size)
+
+
+class SamplerEpochSetter:
+    """Ignite handler: ``sampler.set_epoch(engine.state.epoch)`` when each epoch starts (as MONAI does for
+    ``DistributedSampler``)."""
+
+    def __init__(self, sampler: TaskBatchSampler) -> None:
+        self.sampler = sampler
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_epoch(engine.state.epoch)
+
+
+class TaskPrepareBatch(PrepareBatch):
+    """``(image, {"label": ..., "dataset": name}, (), {"dataset": name})`` for MONAI's engines.
+
+    The dataset name reaches the network as a keyword argument (it selects the latents and the head) and the loss
+    and metrics through the target. ``target_key`` may be absent (self-supervised pre-training): the target then
+    only carries the dataset name.
+    """
+
+    def __init__(self, input_key: str = "image", target_key: str = "label") -> None:
+        self.input_key = input_key
+        self.target_key = target_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, Any], tuple, dict[str, str]]:
+        names = set(batchdata["dataset"])
+        if len(names) != 1:
+            raise ValueError(f"a Medformer batch must hold one dataset, got {sorted(names)}; use TaskBatchSampler")
+        name = names.pop()
+        inputs = batchdata[self.input_key].to(device=device, non_blocking=non_blocking)
+        target: dict[str, Any] = {"dataset": name}
+        if self.target_key in batchdata:
+            target["label"] = batchdata[self.target_key].to(device=device, non_blocking=non_blocking)
+        return inputs, target, (), {"dataset": name}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# augmentation
+
+
+class RandAugment(Randomizable, Transform):
+    """RandAugment (Cubuk et al. 2020) for channel-first 2D tensors in [0, 1]: ``num_ops`` random operations, each at
+    magnitude ``magnitude`` of ``num_magnitude_bins - 1`` (10 = 1/3 of the range, as torchvision's scale), with a
+    random sign for the signed operations.
+
+    Operations: identity, rotate (30 deg at full scale), shear x/y (0.3), translate x/y (45 % of the side),
+    brightness, contrast (factor 1 +- 0.9), solarize, posterize (4 to 8 bits) and autocontrast.
+    """
+
+    OPS = (
+        "identity",
+        "rotate",
+        "shear_x",
+        "shear_y",
+        "translate_x",
+        "translate_y",
+        "brightness",
+        "contrast",
+        "solarize",
+        "posterize",
+        "autocontrast",
+    )
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 8, num_magnitude_bins: int = 31) -> None:
+        self.num_ops = num_ops
+        self.strength = magnitude / (num_magnitude_bins - 1)
+        self._ops: list[tuple[str, float]] = []
+
+    def randomize(self, data: Any = None) -> None:
+        chosen = self.R.randint(len(self.OPS), size=self.num_ops)
+        self._ops = [(self.OPS[i], 1.0 if self.R.rand() < 0.5 else -1.0) for i in chosen]
+
+    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize()
+        img = torch.as_tensor(img, dtype=torch.float32)
+        for name, sign in self._ops:
+            img = self._apply(img, name, sign * self.strength)
+        return img.clamp(0.0, 1.0)
+
+    @staticmethod
+    def _apply(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
+        size = img.shape[1:]
+        geometric = {
+            "rotate": {"rotate_params": math.radians(30.0 * m)},
+            "shear_x": {"shear_params": (0.3 * m, 0.0)},
+            "shear_y": {"shear_params": (0.0, 0.3 * m)},
+            "translate_x": {"translate_params": (0.45 * m * size[0], 0.0)},
+            "translate_y": {"translate_params": (0.0, 0.45 * m * size[1])},
+        }
+        if name in geometric:
+            out, _ = Affine(**geometric[name], padding_mode="zeros", image_only=False)(img)
+            return torch.as_tensor(out)
+        if name == "brightness":
+            return img * (1.0 + 0.9 * m)
+        if name == "contrast":
+            mean = img.mean(dim=tuple(range(1, img.ndim)), keepdim=True)
+            return mean + (img - mean) * (1.0 + 0.9 * m)
+        if name == "solarize":
+            return torch.where(img >= 1.0 - abs(m), 1.0 - img, img)
+        if name == "posterize":
+            levels = 2 ** (8 - int(round(4 * abs(m))))
+            return torch.floor(img * (levels - 1) + 0.5) / (levels - 1)
+        if name == "autocontrast":
+            dims = tuple(range(1, img.ndim))
+            low, high = img.amin(dim=dims, keepdim=True), img.amax(dim=dims, keepdim=True)
+            return torch.where(high > low, (img - low) / (high - low).clamp_min(1e-8), img)
+        return img
+
+
+class RandAugmentd(Randomizable, MapTransform):
+    """Dictionary version of :class:`RandAugment`; every key gets the same operations."""
+
+    def __init__(self, keys: KeysCollection, num_ops: int = 2, magnitude: int = 8, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.augment = RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandAugmentd:
+        super().set_random_state(seed, state)
+        self.augment.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self.augment.randomize()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self.augment(d[key], randomize=False)
+        return d
+
+
+class RandViewsd(Randomizable, MapTransform):
+    """Stack ``num_views`` independently augmented copies of ``keys`` on a new first axis (views for VICReg).
+
+    Args:
+        keys: keys to augment (e.g. ``"image"``); ``(C, *spatial)`` becomes ``(num_views, C, *spatial)``.
+        transform: dictionary transform applied once per view (e.g. a ``Compose`` of random augmentations).
+        num_views: number of views.
+    """
+
+    def __init__(self, keys: KeysCollection, transform: Any, num_views: int = 2, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+        self.num_views = num_views
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandViewsd:
+        super().set_random_state(seed, state)
+        if isinstance(self.transform, Randomizable):
+            self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        views = [self.transform(dict(d)) for _ in range(self.num_views)]
+        for key in self.key_iterator(d):
+            d[key] = torch.stack([torch.as_tensor(v[key]) for v in views])
+        return d
+
+
+def dataset_for(specs: Mapping[str, DatasetSpec], names: Sequence[str]) -> dict[str, DatasetSpec]:
+    """The specs of ``names`` only (order kept), e.g. the one dataset of ``train_single.json``."""
+    return {name: specs[name] for name in names}
