@@ -8,7 +8,8 @@ step) runs ``--warmup`` + ``--steps`` times on it, so data loading is not counte
 ``channels_last=true`` and ``compile=true`` (inductor; compilation happens during the warm-up steps).
 
 Every measurement runs in its own child process: peak memory is that child's high-water resident set
-(``ru_maxrss``; on a GPU ``torch.cuda.max_memory_allocated``). The table goes to ``docs/benchmarks.md``:
+(``ru_maxrss``; on a GPU ``torch.cuda.max_memory_allocated``). The table goes to ``docs/benchmarks.md``, the rows to
+``docs/benchmarks.json`` (a later run of some bundles replaces just their rows):
 
     python benchmarks/training_steps.py                       # every bundle, both sizes, every variant
     python benchmarks/training_steps.py --bundles medmae --sizes demo --variants fp32 bf16 --out -
@@ -35,21 +36,30 @@ VARIANTS = {
     "compile": {"compile": True},
 }
 QUIET = {"num_workers": 0, "progress": False, "check_data": False}
+# at paper size: data settings (not model or input sizes) the small sample data needs, and the demo's data keys kept
+PAPER_DATA = {"models_genesis": {"border": [8, 8, 4], "max_tissue_fraction": None, "num_windows": 1000}}
+# demos whose pretext runs several stages in one config: the stage measured and its demo overrides' key
+STAGED = {"joint_clustering": ("pretrain_stage1.json", "stage1_overrides")}
+PAPER_KEEPS_DEMO = {"medformer": ("dataset_dir", "samples_dir", "datasets", "dataset_registry#")}
 
 
 def pretext(bundle: str) -> tuple[str, dict]:
-    """The demo's pre-training config of ``bundle`` and its demo-size overrides."""
+    """The demo's pre-training config of ``bundle`` and its demo-size overrides (of one stage, if staged)."""
     demo = json.loads((ROOT / "demos" / f"{bundle}.json").read_text())["pretext"]
-    return demo.get("benchmark_config", demo["configs"][-1]), demo["overrides"]
+    if bundle in STAGED:
+        config, stage_key = STAGED[bundle]
+        shared = {k: v for k, v in demo["overrides"].items() if not k.startswith("stage")}
+        return config, {**shared, **demo["overrides"].get(stage_key, {})}
+    return demo["configs"][-1], demo["overrides"]
 
 
-def measure(bundle: str, config: str, overrides: dict, steps: int, warmup: int) -> dict:
+def measure(bundle: str, config: str, overrides: dict, samples: str, steps: int, warmup: int) -> dict:
     """Build the trainer in this process, time its iterations on one batch and report the peak memory."""
     import torch
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
-    from medssl.runner import copy_bundle
+    from medssl.runner import copy_bundle, fill_placeholders
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = copy_bundle(ROOT / "bundles" / bundle, tmp)
@@ -57,8 +67,12 @@ def measure(bundle: str, config: str, overrides: dict, steps: int, warmup: int) 
         sys.path.insert(0, str(copy))
         parser = ConfigParser()
         parser.read_config(str(copy / "configs" / config))
-        parser.update({**overrides, "bundle_root": str(copy)})
+        parser.update({**fill_placeholders(overrides, samples=samples, bundle_root=copy), "bundle_root": str(copy)})
         set_determinism(seed=0)
+        for section in ("initialize", "run"):  # everything the workflow does except starting the engines
+            for i, expression in enumerate(parser.get(section, [])):
+                if ".run()" not in expression:
+                    parser.get_parsed_content(f"{section}#{i}")
         trainer = parser.get_parsed_content("train#trainer")
         batch = next(iter(trainer.data_loader))
         times = []
@@ -74,25 +88,29 @@ def measure(bundle: str, config: str, overrides: dict, steps: int, warmup: int) 
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    batch_size = trainer.data_loader.batch_size
+    loader = trainer.data_loader
+    batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
     return {"batch": batch_size, "step_s": sorted(times)[len(times) // 2], "peak_mb": peak_mb, "loss": loss}
 
 
 def run_child(bundle: str, config: str, overrides: dict, args) -> dict:
-    spec = json.dumps({"bundle": bundle, "config": config, "overrides": overrides})
+    spec = json.dumps({"bundle": bundle, "config": config, "overrides": overrides, "samples": args.samples})
     cmd = [sys.executable, __file__, "--child", spec, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        errors = [line for line in done.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
+        return {"error": errors[0] if errors else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def size_overrides(size: str, demo_overrides: dict, samples: str, args) -> dict:
+def size_overrides(bundle: str, size: str, demo_overrides: dict, args) -> dict:
+    """Overrides with ``{samples}``/``{bundle_root}`` placeholders, filled in the child (as ``make demo`` does)."""
     if size == "demo":
-        overrides = {k: v for k, v in demo_overrides.items() if k != "dataset_dir"}
+        overrides = dict(demo_overrides)
     else:
-        overrides = {"batch_size": args.paper_batch}
-    return {**overrides, **QUIET, "dataset_dir": samples}
+        kept = {k: v for k, v in demo_overrides.items() if k.startswith(PAPER_KEEPS_DEMO.get(bundle, ("dataset_dir",)))}
+        overrides = {**kept, **PAPER_DATA.get(bundle, {}), "batch_size": args.paper_batch}
+    return {**overrides, **QUIET}
 
 
 def table(rows: list[dict]) -> str:
@@ -149,15 +167,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(measure(spec["bundle"], spec["config"], spec["overrides"], args.steps, args.warmup)))
+        measured = measure(spec["bundle"], spec["config"], spec["overrides"], spec["samples"], args.steps, args.warmup)
+        print(json.dumps(measured))
         return
 
-    samples = str(Path(args.samples).resolve())
+    args.samples = str(Path(args.samples).resolve())
     rows = []
     for bundle in args.bundles:
         config, demo_overrides = pretext(bundle)
         for size in args.sizes:
-            overrides = size_overrides(size, demo_overrides, samples, args)
+            overrides = size_overrides(bundle, size, demo_overrides, args)
             for variant in args.variants:
                 row = {"bundle": bundle, "config": config, "size": size, "variant": variant, "batch": "?"}
                 row.update(run_child(bundle, config, {**overrides, **VARIANTS[variant]}, args))
@@ -165,9 +184,20 @@ def main() -> None:
                 rows.append(row)
     if args.out == "-":
         print(table(rows))
-    else:
-        Path(args.out).write_text(report(rows, args))
-        print(f"wrote {args.out}")
+        return
+    # rows of earlier runs stay unless this run measured them again (e.g. one new bundle: --bundles <name>)
+    results = Path(args.out).with_suffix(".json")
+    key = lambda r: (r["bundle"], r["size"], r["variant"])  # noqa: E731
+    fresh = {key(r) for r in rows}
+    kept = json.loads(results.read_text()) if results.is_file() else []
+    order = list(VARIANTS)
+    rows = sorted(
+        [r for r in kept if key(r) not in fresh] + rows,
+        key=lambda r: (r["bundle"], r["size"], order.index(r["variant"])),
+    )
+    results.write_text(json.dumps(rows, indent=1) + "\n")
+    Path(args.out).write_text(report(rows, args))
+    print(f"wrote {args.out} and {results}")
 
 
 if __name__ == "__main__":

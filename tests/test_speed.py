@@ -81,21 +81,31 @@ def test_every_training_config_has_the_switches(bundle):
         for key, default in SWITCHES.items():
             assert content.get(key) == default, f"{config}: '{key}' should default to {default!r}"
         trainer = content["train"]["trainer"]
+        if trainer["_target_"] != "SupervisedTrainer":  # a config running others (stages) passes the keys on
+            assert all(f'"@{key}"' in config.read_text() for key in SWITCHES), f"{config}: switches not passed on"
+            continue
         assert trainer.get("compile") == "@compile", f"{config}: trainer ignores 'compile'"
         assert trainer.get("amp") == "$@precision == 'fp16'", f"{config}: trainer ignores 'precision' fp16"
         inferer = content["train"]["inferer"]
         assert inferer["_target_"] == "medssl.speed.SpeedInferer", f"{config}: train#inferer is not SpeedInferer"
 
 
-def _prepare(bundle: Path, config: str, samples: Path) -> dict | None:
-    """Run the plan's preparation commands before ``config``'s first single-process step; return its overrides."""
+def _runs_one_trainer(config: Path) -> bool:
+    return json.loads(config.read_text())["train"]["trainer"]["_target_"] == "SupervisedTrainer"
+
+
+def _prepare(bundle: Path, kind: str, samples: Path) -> tuple[str, dict] | None:
+    """Run the plan's preparation commands up to its first single-process run of a ``kind*.json`` config with one
+    SupervisedTrainer; return that config's name and overrides."""
     plan = json.loads((ROOT / "tests" / "plans" / f"{bundle.name}.json").read_text())
     for step in plan["steps"]:
         if "command" in step:
             command = fill_placeholders(step["command"], samples=samples, bundle_root=bundle, python=sys.executable)
             subprocess.run(command, cwd=bundle, check=True, env=dict(os.environ, PYTHONPATH=str(bundle)))
-        elif step["configs"] == [config] and step.get("nproc", 1) == 1:
-            return fill_placeholders(step.get("overrides", {}), samples=samples, bundle_root=bundle)
+            continue
+        (config, *overlays), nproc = step["configs"], step.get("nproc", 1)
+        if config.startswith(kind) and not overlays and nproc == 1 and _runs_one_trainer(bundle / "configs" / config):
+            return config, fill_placeholders(step.get("overrides", {}), samples=samples, bundle_root=bundle)
     return None
 
 
@@ -112,13 +122,13 @@ def _loss(trainer, inferer, network, batch, plain_tensors: bool = False) -> torc
 PLANNED = [b for b in BUNDLES if (ROOT / "tests" / "plans" / f"{b.name}.json").is_file()]
 
 
-@pytest.mark.parametrize("config", ["pretrain.json", "train.json"])
+@pytest.mark.parametrize("kind", ["pretrain", "train"])
 @pytest.mark.parametrize("bundle", PLANNED, ids=[b.name for b in PLANNED])
-def test_switches_give_the_same_loss(bundle, config, samples_dir, monkeypatch, tmp_path):
+def test_switches_give_the_same_loss(bundle, kind, samples_dir, monkeypatch, tmp_path):
     copy = copy_bundle(bundle, tmp_path)
-    overrides = _prepare(copy, config, samples_dir.resolve())
-    if overrides is None:
-        pytest.skip(f"{bundle.name} has no single-process plan step for {config}")
+    prepared = _prepare(copy, kind, samples_dir.resolve())
+    assert prepared, f"the plan of {bundle.name} never runs a {kind}*.json config alone"
+    config, overrides = prepared
     monkeypatch.chdir(copy)
     activate_bundle(bundle.name)
     parser = ConfigParser()

@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 __all__ = ["ddp_loss_and_grads", "seeded_model", "single_loss_and_grads"]
 
-TIMEOUT = 180  # seconds for a whole check, and for the process group to form
+# seconds for a whole check, and for the process group to form (a loaded CI machine needs minutes)
+TIMEOUT = float(os.environ.get("MEDSSL_DDP_TIMEOUT", 600))
 ModelFn = Callable[[], torch.nn.Module]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -40,14 +40,27 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if memory_format is None else tensor.contiguous(memory_format=memory_format)
 
 
-def _to_float32(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() and output.dtype != torch.float32 else output
-    if isinstance(output, (list, tuple)):
-        return type(output)(_to_float32(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _to_float32(v) for k, v in output.items()}
-    return output
+def _to_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+
+
+def _map_tensors(fn, value: Any) -> Any:
+    """``fn`` applied to every tensor of a tensor, list, tuple or dict (nested)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
+    return value
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    for item in value.values() if isinstance(value, dict) else value:
+        return _first_tensor(item)
+    raise TypeError("the inputs hold no tensor")
 
 
 class SpeedInferer(Inferer):
@@ -65,19 +78,20 @@ class SpeedInferer(Inferer):
         self.channels_last = channels_last
         self._converted: set[int] = set()
 
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, inputs: Any, network: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        first = _first_tensor(inputs)  # inputs may also be a list of tensors (e.g. multi-crop views)
         if self.channels_last:
-            memory_format = _memory_format(inputs.ndim)
+            memory_format = _memory_format(first.ndim)
             if memory_format is not None and id(network) not in self._converted:
                 # only the weights of the input's rank: a network may hold both 2D and 3D paths
                 for param in network.parameters():
-                    if param.ndim == inputs.ndim:
+                    if param.ndim == first.ndim:
                         param.data = param.data.contiguous(memory_format=memory_format)
                 self._converted.add(id(network))
-            inputs = to_channels_last(inputs)
+            inputs = _map_tensors(to_channels_last, inputs)
         if self.dtype is None:
             return self.inferer(inputs, network, *args, **kwargs)
-        if self.dtype == torch.float16 and inputs.device.type != "cuda":
+        if self.dtype == torch.float16 and first.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
-        with torch.autocast(inputs.device.type, dtype=self.dtype):
-            return _to_float32(self.inferer(inputs, network, *args, **kwargs))
+        with torch.autocast(first.device.type, dtype=self.dtype):
+            return _map_tensors(_to_float32, self.inferer(inputs, network, *args, **kwargs))

@@ -1,0 +1,211 @@
+"""Data pieces for mixed 2D/3D pre-training: datalist helpers, slice sampling, multi-view augmentation, batches.
+
+One datalist holds 2D images (PNG, single-frame DICOM) and 3D volumes (NIfTI, DICOM series); items may carry
+``dims`` (2 or 3, as the sample kit's ``datalist_mixed.json``). Stage 1 draws one 2D image per item (a random
+axial slice of a volume); stages 2 and 3 use the volumes only (:func:`select_dims`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.engines.utils import PrepareBatch
+from monai.transforms import MapTransform, Randomizable
+
+from medssl.transforms import NormalizeIntensity01
+
+__all__ = [
+    "BITMAP_SUFFIXES",
+    "IndexedPrepareBatch",
+    "NormalizeMixedd",
+    "RandMultiViewd",
+    "RandSliced",
+    "select_dims",
+    "with_index",
+]
+
+BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".npy")
+
+
+def _item_dims(item: Mapping[str, Any]) -> int:
+    """``item["dims"]`` if given, else 2 for bitmaps and 3 for volume formats and folders (DICOM series)."""
+    if "dims" in item:
+        return int(item["dims"])
+    name = str(item["image"]).lower()
+    if name.endswith(BITMAP_SUFFIXES) or name.endswith(".dcm"):
+        return 2
+    return 3
+
+
+def select_dims(items: Sequence[Mapping[str, Any]], dims: Sequence[int]) -> list[dict]:
+    """The items whose dimensionality (``dims`` key, or guessed from the file name) is in ``dims``."""
+    return [dict(item) for item in items if _item_dims(item) in tuple(dims)]
+
+
+def with_index(items: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Copies of the items with their position under ``index`` (DeepCluster-v2 looks labels up by it)."""
+    return [dict(item, index=i) for i, item in enumerate(items)]
+
+
+class NormalizeMixedd(MapTransform):
+    """Intensities to [0, 1] for mixed data: bitmaps (already windowed exports) by percentiles, anything else by
+    modality (CT: Hounsfield window; other: percentiles; :class:`medssl.transforms.NormalizeIntensity01`).
+
+    Args:
+        keys: image keys.
+        modality_key: item key naming the modality (``CT``, ``MR``, ``XR``...).
+        default_modality: modality of items without one.
+        hu_range: CT window.
+        percentiles: percentile range of the other images.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modality_key: str = "modality",
+        default_modality: str = "CT",
+        hu_range: Sequence[float] = (-1000.0, 1000.0),
+        percentiles: Sequence[float] = (0.5, 99.5),
+    ) -> None:
+        super().__init__(keys)
+        self.modality_key = modality_key
+        self.default_modality = default_modality
+        self.normalize = NormalizeIntensity01(default_modality, hu_range, percentiles)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        modality = d.get(self.modality_key) or self.default_modality
+        for key in self.key_iterator(d):
+            img = d[key]
+            source = str(img.meta.get("filename_or_obj", "")) if isinstance(img, MetaTensor) else ""
+            use = "bitmap" if source.lower().endswith(BITMAP_SUFFIXES) else str(modality)
+            d[key] = torch.as_tensor(self.normalize(img, use), dtype=torch.float32)
+        return d
+
+
+class RandSliced(Randomizable, MapTransform):
+    """Make every image 2D: a volume ``(C, H, W, D)`` with ``D > 1`` gives one of its slices along the last axis,
+    ``(C, H, W, 1)`` (a single DICOM frame) and ``(C, H, W)`` give ``(C, H, W)``.
+
+    The slice is drawn at random among those whose fraction of pixels above ``threshold`` is at least
+    ``min_foreground`` (all slices if none qualifies), so that all-background slices do not form a degenerate
+    cluster. ``random=False`` takes the middle slice (validation).
+
+    Args:
+        keys: image keys (the same slice of each).
+        min_foreground: least fraction of foreground pixels of a drawn slice (0.05).
+        threshold: foreground intensity (after normalisation to [0, 1]).
+        random: draw at random (True) or take the middle slice.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, min_foreground: float = 0.05, threshold: float = 0.05, random: bool = True
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        self.min_foreground = min_foreground
+        self.threshold = threshold
+        self.random = random
+
+    def randomize(self, image: torch.Tensor) -> int:
+        depth = image.shape[-1]
+        if not self.random:
+            return depth // 2
+        fraction = (torch.as_tensor(image) > self.threshold).float().mean(dim=tuple(range(image.dim() - 1)))
+        candidates = np.flatnonzero(fraction.cpu().numpy() >= self.min_foreground)
+        if len(candidates) == 0:
+            candidates = np.arange(depth)
+        return int(self.R.choice(candidates))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        first = d[keys[0]]
+        if first.dim() == 3:
+            return d
+        index = self.randomize(first) if first.shape[-1] > 1 else 0
+        for key in keys:
+            d[key] = d[key][..., index]
+        return d
+
+
+class RandMultiViewd(Randomizable, MapTransform):
+    """Stack ``num_views`` independently augmented copies of an image: ``(1, *S)`` to ``(num_views, *S')``.
+
+    ``transform`` (an array transform, e.g. a ``Compose`` of ``RandScaleCrop``, ``Resize``, ``RandFlip``...) is
+    applied to the image ``num_views`` times; its random state advances between calls, so the views differ. The
+    result goes to ``output_key`` (default: replaces ``keys``). SwAV's multi-crop uses two of them: global crops
+    under ``image``, local crops under ``local_crops``; stage 3 uses one for the two views of a volume.
+
+    Args:
+        keys: the source image key (one).
+        transform: augmentation of one view.
+        num_views: views (0 gives an empty ``(0, *S')`` tensor shaped by ``view_size``).
+        output_key: where the stacked views go.
+        view_size: spatial size of a view, needed only for ``num_views = 0``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: Callable,
+        num_views: int = 2,
+        output_key: str | None = None,
+        view_size: Sequence[int] | None = None,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        self.transform = transform
+        self.num_views = num_views
+        self.output_key = output_key
+        self.view_size = view_size
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        if isinstance(self.transform, Randomizable):
+            self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if self.num_views == 0:
+                views = torch.zeros(0, *(self.view_size or ()))
+            else:
+                views = torch.cat([torch.as_tensor(self.transform(image)) for _ in range(self.num_views)], dim=0)
+            d[self.output_key or key] = views.as_tensor() if isinstance(views, MetaTensor) else views
+        return d
+
+
+class IndexedPrepareBatch(PrepareBatch):
+    """``(batch[input_key], batch[index_key], (), {name: batch[key] for extra})`` for MONAI's trainers.
+
+    The dataset index is the "target" of the clustering losses (DeepCluster-v2 looks its labels up by it; SwAV
+    ignores it); ``extra_inputs`` are passed to the network as keyword arguments (SwAV's ``local_crops``).
+    """
+
+    def __init__(
+        self, input_key: str = "image", index_key: str = "index", extra_inputs: Mapping[str, str] | None = None
+    ) -> None:
+        self.input_key = input_key
+        self.index_key = index_key
+        self.extra_inputs = dict(extra_inputs or {})
+
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        def get(key: str) -> torch.Tensor:
+            if key not in batchdata:
+                raise KeyError(f"batch has no '{key}' key (keys: {sorted(batchdata)}); check the transform chain")
+            return torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking)
+
+        extra = {name: get(key) for name, key in self.extra_inputs.items()}
+        return get(self.input_key), get(self.index_key), (), extra
