@@ -144,6 +144,8 @@ def report(rows: list[dict], args) -> str:
             "paper size: the config's defaults with the batch shown (the paper's batch does not fit a CPU run);",
             "peak memory: the whole process's high-water resident set on CPU (model, optimiser, one batch, Python).",
             "`vs fp32`: speed-up over the fp32 row of the same bundle and size (above 1 is faster).",
+            "`loss`: of the last timed step, after the optimiser's updates, a sanity check only: that the switches",
+            "give the fp32 loss is tested on a fixed network in `tests/test_speed.py`.",
             "",
             table(rows),
             "",
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="'-' prints the table only")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the table from the stored rows")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,6 +175,10 @@ def main() -> None:
         return
 
     args.samples = str(Path(args.samples).resolve())
+    results = Path(args.out).with_suffix(".json")
+    if args.report_only:
+        Path(args.out).write_text(report(json.loads(results.read_text()), args))
+        return
     rows = []
     for bundle in args.bundles:
         config, demo_overrides = pretext(bundle)
@@ -186,7 +193,6 @@ def main() -> None:
         print(table(rows))
         return
     # rows of earlier runs stay unless this run measured them again (e.g. one new bundle: --bundles <name>)
-    results = Path(args.out).with_suffix(".json")
     key = lambda r: (r["bundle"], r["size"], r["variant"])  # noqa: E731
     fresh = {key(r) for r in rows}
     kept = json.loads(results.read_text()) if results.is_file() else []

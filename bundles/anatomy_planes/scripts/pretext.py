@@ -1,0 +1,152 @@
+"""Pretext objective of the anatomy-oriented plane tasks for MONAI's engines: loss, batch preparation, metrics.
+
+* Relative orientation (paper Eq. 2): mean squared error between the predicted and the target line heat-maps over
+  all pixels, channels and samples.
+* Relative location (Eq. 5): mean squared error of the predicted relative slice location.
+* Multi-task (Eq. 6): ``L = w_heatmap * L_ori + w_location * L_loc``, weights 1 by default.
+
+The network (:class:`scripts.networks.PlanesPretextNet`) returns ``{"heatmap": ..., "location": ...}`` for its tasks;
+:class:`PretextPrepareBatch` gives the engines the matching target dict from the batch keys (pre-training never uses
+a ``label`` key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from monai.engines.utils import PrepareBatch
+from torch import nn
+
+__all__ = [
+    "PretextLoss",
+    "PretextLossMetric",
+    "PretextPrepareBatch",
+    "batch_outputs",
+    "task_metrics",
+    "task_output",
+]
+
+
+class PretextLoss(nn.Module):
+    """Weighted sum of the per-task mean squared errors (module docstring) over the tasks the prediction has.
+
+    Args:
+        heatmap_weight: weight of the relative-orientation loss (paper: 1).
+        location_weight: weight of the relative-location loss (paper: 1).
+    """
+
+    def __init__(self, heatmap_weight: float = 1.0, location_weight: float = 1.0) -> None:
+        super().__init__()
+        self.weights = {"heatmap": float(heatmap_weight), "location": float(location_weight)}
+
+    def forward(self, pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not pred:
+            raise ValueError("the prediction has no task output")
+        total = torch.zeros((), device=next(iter(pred.values())).device)
+        for task, value in pred.items():
+            if task not in target:
+                raise KeyError(f"no target for task {task!r} (targets: {sorted(target)})")
+            expected = target[task].to(value.dtype).reshape(value.shape)
+            total = total + self.weights[task] * torch.mean((value - expected) ** 2)
+        return total
+
+
+class PretextPrepareBatch(PrepareBatch):
+    """``(batch[input_key], {task: batch[key]})`` for SupervisedTrainer / SupervisedEvaluator.
+
+    Args:
+        tasks: the network's tasks ("heatmap", "location").
+        input_key: image key.
+        target_keys: batch key of each task's target; default the task name.
+    """
+
+    def __init__(
+        self, tasks: Sequence[str], input_key: str = "image", target_keys: Mapping[str, str] | None = None
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.input_key = input_key
+        self.target_keys = {t: (target_keys or {}).get(t, t) for t in self.tasks}
+
+    def __call__(
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        for key in (self.input_key, *self.target_keys.values()):
+            if key not in batchdata:
+                raise KeyError(f"batch has no '{key}' key (keys: {sorted(batchdata)}); check the transform chain")
+        inputs = batchdata[self.input_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        targets = {
+            t: batchdata[k].to(device=device, non_blocking=non_blocking, **kwargs) for t, k in self.target_keys.items()
+        }
+        return inputs, targets
+
+
+def batch_outputs(output: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(pred, target)`` task dicts of batched tensors from an engine output (decollated list or batched dict)."""
+    if isinstance(output, Mapping):
+        return dict(output["pred"]), dict(output["label"])
+    pred = {k: torch.stack([o["pred"][k] for o in output]) for k in output[0]["pred"]}
+    target = {k: torch.stack([torch.as_tensor(o["label"][k]) for o in output]) for k in output[0]["label"]}
+    return pred, target
+
+
+def task_output(task: str) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
+    """Output transform giving ``(pred, target)`` of one task, for MONAI/Ignite metrics (e.g. MeanAbsoluteError)."""
+
+    def transform(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, target = batch_outputs(output)
+        return pred[task], target[task].reshape(pred[task].shape).to(pred[task].dtype)
+
+    return transform
+
+
+class PretextLossMetric(Metric):
+    """The pretext loss averaged over validation samples (all-reduced under DDP): the key metric of pre-training.
+
+    Args:
+        loss: the :class:`PretextLoss` used for training.
+    """
+
+    def __init__(self, loss: PretextLoss, output_transform: Callable = batch_outputs) -> None:
+        self.loss = loss
+        super().__init__(output_transform=output_transform)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._sum = torch.tensor(0.0, dtype=torch.float64)
+        self._count = 0
+
+    @reinit__is_reduced
+    def update(self, output: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        pred, target = output
+        n = len(next(iter(pred.values())))
+        with torch.no_grad():
+            self._sum += float(self.loss(pred, target)) * n
+        self._count += n
+
+    @sync_all_reduce("_sum", "_count")
+    def compute(self) -> float:
+        if self._count == 0:
+            raise RuntimeError("PretextLossMetric needs at least one sample")
+        return float(self._sum) / self._count
+
+
+def task_metrics(tasks: Sequence[str]) -> dict[str, Any]:
+    """Validation metrics of each task besides the loss: heat-map MSE; location MAE and R² (paper Table 2)."""
+    from ignite.metrics.regression import R2Score
+    from monai.handlers import MeanAbsoluteError, MeanSquaredError
+
+    metrics: dict[str, Any] = {}
+    if "heatmap" in tasks:
+        metrics["val_heatmap_mse"] = MeanSquaredError(output_transform=task_output("heatmap"))
+    if "location" in tasks:
+        metrics["val_location_mae"] = MeanAbsoluteError(output_transform=task_output("location"))
+        metrics["val_location_r2"] = R2Score(output_transform=task_output("location"))
+    return metrics

@@ -1,0 +1,103 @@
+"""Pre-training runs of the bundle: exact resume after SIGKILL, broken files skipped or reported before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medssl.demo import scalars
+from medssl.runner import BundleRunError, copy_bundle, run_config, start_config
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS, ITERS = 3, 3  # 54 training slices in batches of 20: one full pass per epoch (a resumed run restarts the
+# data iterator at an epoch boundary, so epochs must not stop part-way through a pass)
+TINY = {"features": [4, 8, 16, 32, 64], "location_hidden": 8, "spatial_size": [32, 32], "pixdim": 6.0}
+
+
+def _overrides(samples_dir: Path, **extra) -> dict:
+    return {
+        "dataset_dir": str(samples_dir),
+        "epochs": EPOCHS,
+        "epoch_length": None,
+        "batch_size": 20,
+        "num_workers": 0,
+        "progress": False,
+        "augment_prob": 1.0,
+        **TINY,
+        **extra,
+    }
+
+
+def _wait_for(log: Path, text: str, proc, timeout: float = 600) -> None:
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if log.is_file() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"'{text}' never appeared in {log}")
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path):
+    bundle = copy_bundle(ROOT / "bundles" / "anatomy_planes", tmp_path / "run")
+    run_config(
+        bundle,
+        "pretrain.json",
+        _overrides(
+            samples_dir,
+            output_dir=str(bundle / "eval" / "reference"),
+            last_ckpt=str(bundle / "models" / "last_reference.pt"),
+        ),
+    )
+    expected = scalars(bundle / "eval" / "reference", "train_loss")
+    assert len(expected) == EPOCHS * ITERS
+
+    proc, log = start_config(bundle, "pretrain.json", _overrides(samples_dir), log_file=tmp_path / "killed.log")
+    _wait_for(log, f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = bundle / "models" / "last_pretrain.pt"
+    assert torch.load(last, weights_only=True)["objects"]["trainer"]["iteration"] == ITERS, "epoch 1 state saved"
+
+    log = run_config(bundle, "pretrain.json", _overrides(samples_dir, resume=True), log_file=tmp_path / "resumed.log")
+    text = log.read_text()
+    assert "resumed from" in text and f"Epoch[{EPOCHS}] Complete" in text
+    resumed = scalars(bundle / "eval" / "pretrain", "train_loss")  # steps repeated after the kill: last write wins
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_broken_slices_are_skipped_or_reported_before_training(samples_dir, tmp_path):
+    bundle = copy_bundle(ROOT / "bundles" / "anatomy_planes", tmp_path / "run")
+    from scripts.prepare import build_sample_datalists  # the bundle's own builder (tests/conftest activated it)
+
+    paths = build_sample_datalists(samples_dir, bundle / "cache" / "planes")
+    data = json.loads(Path(paths["pretrain"]).read_text())
+    base = Path(paths["pretrain"]).parent
+    good = data["validation"]
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes((base / good[0]["image"]).read_bytes()[:300])
+    broken = [{**good[0], "image": str(truncated)}, {**good[1], "image": str(tmp_path / "absent.dcm")}]
+    datalist = tmp_path / "broken.json"
+    datalist.write_text(
+        json.dumps(
+            {
+                "training": [{**it, "image": str(base / it["image"])} for it in good] + broken,
+                "validation": [{**it, "image": str(base / it["image"])} for it in good],
+            }
+        )
+    )
+    overrides = _overrides(samples_dir, datalist=str(datalist), epochs=1, batch_size=11)
+    log = run_config(bundle, "pretrain.json", {**overrides, "skip_bad_samples": True}, log_file=tmp_path / "skip.log")
+    text = log.read_text()
+    assert "2 bad sample(s) of 11 skipped" in text and "truncated.dcm" in text and "absent.dcm" in text
+    with pytest.raises(BundleRunError):
+        run_config(bundle, "pretrain.json", overrides, log_file=tmp_path / "check.log")
+    text = (tmp_path / "check.log").read_text()
+    assert "DataCheckError" in text and "truncated.dcm" in text and "absent.dcm" in text
