@@ -57,6 +57,18 @@ def plan_step(name: str, config: str) -> dict:
     return next(s for s in plan["steps"] if s.get("configs") == [config])
 
 
+def preparation_commands(name: str, config: str) -> list[list[str]]:
+    """The plan's preparation commands (bundle scripts, e.g. a data conversion) before it first runs ``config``."""
+    plan = json.loads((ROOT / "tests" / "plans" / f"{name}.json").read_text())
+    commands = []
+    for step in plan["steps"]:
+        if step.get("configs") == [config]:
+            return commands
+        if "command" in step:
+            commands.append(step["command"])
+    return commands
+
+
 def save_random_weights(bundle: Path, overrides: dict) -> Path:
     """``models/model.pt``: the seeded state dict of ``network_def`` of ``inference.json`` with ``overrides``, in
     place of a fine-tuned model's."""
@@ -237,11 +249,16 @@ def user_requirements(meta: dict) -> list[str]:
     return pins + ["fire", "pyyaml"]
 
 
+# packages that merely list torchvision: installed without dependencies, as the Makefile does (no second torch)
+NO_DEPS = ("medmnist",)
+
+
 def user_env(meta: dict) -> Path:
     """The fresh environment for a bundle's pins (built once, reused while the pins stay the same)."""
     specs = user_requirements(meta)
     venv = Path(sys.prefix) / "envs" / f"bundle-user-{hashlib.sha256(' '.join(specs).encode()).hexdigest()[:10]}"
-    cmd = [sys.executable, str(SIDE_VENV), str(venv), *[a for s in specs for a in ("--spec", s)]]
+    options = [("--no-deps-spec" if s.split("==")[0] in NO_DEPS else "--spec", s) for s in specs]
+    cmd = [sys.executable, str(SIDE_VENV), str(venv), *[a for option in options for a in option]]
     subprocess.run(cmd, check=True, timeout=ENV_TIMEOUT)
     return venv
 
@@ -345,6 +362,11 @@ def test_downloaded_bundle_runs_without_the_project(name, samples_dir, tmp_path)
     args_file.write_text(json.dumps(overrides))
     loaded = json.loads(in_env(venv, ["-c", LOAD, str(users), name, str(args_file)], users).splitlines()[-1])
     assert loaded == {"module": True, "medssl": False, "same": True}
+
+    # the data preparation the plan does with the bundle's own scripts, run with the user's environment
+    for command in preparation_commands(name, "inference.json"):
+        command = fill_placeholders(command, samples=samples_dir, bundle_root=bundle, python="python")
+        in_env(venv, command[1:], bundle, PYTHONPATH=str(bundle))
 
     # python -m monai.bundle run of inference.json: from the bundle folder, then from elsewhere with PYTHONPATH
     run = [*cli, "run", "--config_file", str(bundle / "configs" / "inference.json"), "--args_file", str(args_file)]

@@ -305,7 +305,9 @@ class Medformer(nn.Module):
 class MedformerClassifier(nn.Module):
     """A Medformer (or :class:`MedformerSSL`) fixed to one dataset: ``forward(image) = medformer(image, dataset)``.
 
-    Inference, MONAI Label and TorchScript export call networks with the image only.
+    Inference, MONAI Label and TorchScript export call networks with the image only. Its state dict is the
+    wrapped network's (no ``medformer.`` prefix), so ``models/model.pt`` written by training loads into it, as
+    ``monai.bundle.load`` and MONAI Label do with ``network_def``.
     """
 
     def __init__(self, medformer: nn.Module, dataset: str) -> None:
@@ -315,6 +317,12 @@ class MedformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.medformer(x, self.dataset)
+
+    def state_dict(self, *args, **kwargs):
+        return self.medformer.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.medformer.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 # ----------------------------------------------------------------------------------------------------------------
