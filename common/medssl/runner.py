@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -77,6 +78,28 @@ def start_config(
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
+
+
+def kill_when_logged(
+    bundle_root: str | Path,
+    config_files: str | Sequence[str],
+    overrides: Mapping | None,
+    text: str,
+    log_file: str | Path,
+    timeout: float = 600,
+) -> Path:
+    """Start a config like :func:`start_config`, SIGKILL it (with all it started) once ``text`` is in its log, as a
+    crash or a preempted job would; return the log. Fails if the run ends, or ``timeout`` passes, before that."""
+    proc, log = start_config(bundle_root, config_files, overrides, log_file=log_file)
+    end = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            raise BundleRunError(f"'{text}' never appeared in {log} (exit code {proc.poll()})")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return log
 
 
 def run_config(

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.demo import scalars
-from medssl.runner import BundleRunError, copy_bundle, run_config, start_config
+from medssl.runner import BundleRunError, copy_bundle, kill_when_logged, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, ITERS = 3, 3  # 54 training slices in batches of 20: one full pass per epoch (a resumed run restarts the
@@ -34,15 +31,6 @@ def _overrides(samples_dir: Path, **extra) -> dict:
     }
 
 
-def _wait_for(log: Path, text: str, proc, timeout: float = 600) -> None:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if log.is_file() and text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{text}' never appeared in {log}")
-
-
 @pytest.mark.slow
 def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path):
     bundle = copy_bundle(ROOT / "bundles" / "anatomy_planes", tmp_path / "run")
@@ -58,10 +46,9 @@ def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path)
     expected = scalars(bundle / "eval" / "reference", "train_loss")
     assert len(expected) == EPOCHS * ITERS
 
-    proc, log = start_config(bundle, "pretrain.json", _overrides(samples_dir), log_file=tmp_path / "killed.log")
-    _wait_for(log, f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(
+        bundle, "pretrain.json", _overrides(samples_dir), f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", tmp_path / "killed.log"
+    )
     last = bundle / "models" / "last_pretrain.pt"
     assert torch.load(last, weights_only=True)["objects"]["trainer"]["iteration"] == ITERS, "epoch 1 state saved"
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.demo import scalars
-from medssl.runner import copy_bundle, run_config, start_config
+from medssl.runner import copy_bundle, kill_when_logged, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, ITERS = 3, 3  # 7 mixed 2D/3D items, batches of 2, the last one dropped
@@ -40,15 +37,6 @@ def _overrides(samples_dir: Path, **extra) -> dict:
     }
 
 
-def _wait_for(log: Path, text: str, proc, timeout: float = 300) -> None:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if log.is_file() and text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{text}' never appeared in {log}")
-
-
 @pytest.mark.slow
 def test_killed_stage1_resumes_with_identical_losses(samples_dir, tmp_path):
     reference = copy_bundle(ROOT / "bundles" / "joint_clustering", tmp_path / "reference")
@@ -59,10 +47,13 @@ def test_killed_stage1_resumes_with_identical_losses(samples_dir, tmp_path):
     assert len(usage) == EPOCHS and all(0 < u <= 1 for u in usage)
 
     killed = copy_bundle(ROOT / "bundles" / "joint_clustering", tmp_path / "killed")
-    proc, log = start_config(killed, "pretrain_stage1.json", _overrides(samples_dir), log_file=tmp_path / "killed.log")
-    _wait_for(log, f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(
+        killed,
+        "pretrain_stage1.json",
+        _overrides(samples_dir),
+        f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}",
+        tmp_path / "killed.log",
+    )
     last = killed / "models" / "last_pretrain_stage1.pt"
     state = torch.load(last, weights_only=True)["objects"]
     assert state["trainer"]["iteration"] == ITERS, "epoch 1 state saved"

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.demo import scalars
-from medssl.runner import copy_bundle, run_config, start_config
+from medssl.runner import copy_bundle, kill_when_logged, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -43,15 +40,6 @@ def _overrides(samples_dir: Path, **extra) -> dict:
     }
 
 
-def _wait_for(log: Path, text: str, proc, timeout: float = 300) -> None:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if log.is_file() and text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{text}' never appeared in {log}")
-
-
 @pytest.mark.slow
 def test_killed_mae_pretraining_resumes_with_identical_losses(samples_dir, tmp_path):
     reference = copy_bundle(ROOT / "bundles" / "medmae", tmp_path / "reference")
@@ -61,10 +49,9 @@ def test_killed_mae_pretraining_resumes_with_identical_losses(samples_dir, tmp_p
     assert iters >= 3 and len(expected) == EPOCHS * iters
 
     killed = copy_bundle(ROOT / "bundles" / "medmae", tmp_path / "killed")
-    proc, log = start_config(killed, "pretrain.json", _overrides(samples_dir), log_file=tmp_path / "killed.log")
-    _wait_for(log, f"Epoch: 2/{EPOCHS}, Iter: 2/{iters}", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(
+        killed, "pretrain.json", _overrides(samples_dir), f"Epoch: 2/{EPOCHS}, Iter: 2/{iters}", tmp_path / "killed.log"
+    )
     last = killed / "models" / "last_pretrain.pt"
     assert torch.load(last, weights_only=True)["objects"]["trainer"]["iteration"] == iters, "epoch 1 state saved"
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from medssl.demo import scalars
-from medssl.runner import copy_bundle, run_config, start_config
+from medssl.runner import copy_bundle, kill_when_logged, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, ITERS = 3, 4  # 2 training volumes x 4 cubes, batches of 2: one full pass per epoch
@@ -34,15 +31,6 @@ def _overrides(samples_dir: Path, **extra) -> dict:
     }
 
 
-def _wait_for(log: Path, text: str, proc, timeout: float = 300) -> None:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if log.is_file() and text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{text}' never appeared in {log}")
-
-
 @pytest.mark.slow
 def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path):
     reference = copy_bundle(ROOT / "bundles" / "models_genesis", tmp_path / "reference")
@@ -51,10 +39,9 @@ def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path)
     assert len(expected) == EPOCHS * ITERS
 
     killed = copy_bundle(ROOT / "bundles" / "models_genesis", tmp_path / "killed")
-    proc, log = start_config(killed, "pretrain.json", _overrides(samples_dir), log_file=tmp_path / "killed.log")
-    _wait_for(log, f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(
+        killed, "pretrain.json", _overrides(samples_dir), f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", tmp_path / "killed.log"
+    )
     last = killed / "models" / "last_pretrain.pt"
     assert torch.load(last, weights_only=True)["objects"]["trainer"]["iteration"] == ITERS, "epoch 1 state saved"
 
