@@ -76,4 +76,4 @@ lock: $(STAMP)
 
 monailabel-env: $(STAMP)
 	$(PY) tools/side_venv.py $(VENV)/envs/monailabel-0.8.5 -r tools/monailabel-requirements.txt \
-	  --no-deps-spec monailabel==0.8.5 --path tools/monailabel_shim
+	  --no-deps-spec monailabel==0.8.5 --no-deps-spec medmnist==3.0.2 --path tools/monailabel_shim
