@@ -41,7 +41,7 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _to_float32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _map_tensors(fn, value: Any) -> Any:
