@@ -1,16 +1,18 @@
-"""Create (or reuse) a side virtual environment that shares only PyTorch with the interpreter running this script.
+"""Create (or reuse) a side virtual environment that shares only PyTorch (and ITK) with the interpreter running this.
 
 ``python tools/side_venv.py VENV [--spec SPEC]... [-r FILE]... [--no-deps-spec SPEC]... [--path DIR]...``
 
-Used for environments that must NOT see this project: the "bundle user" environment of the download tests and the
-MONAI Label server environment (``make monailabel-env``). Installing PyTorch again would cost 25 s and 0.9 GB per
-environment and, with the wrong resolver order, pull a CUDA build, so torch is *linked*: a folder holding symlinks to
-torch's own files only (``torch``, ``torchgen``, ``functorch`` and its ``.dist-info``) is put on the new
-environment's path by a ``.pth`` file. Everything else is installed by pip, pinned: the specs given, then
-``--no-deps`` specs, with every other package constrained to the version installed here (so nothing can swap torch
-or float to untested versions). The project (``medssl``, editable-installed here) is never linked, and the script
-checks that it cannot be imported in the new environment. ``--path`` puts extra folders on the new environment's path
-(the MONAI Label environment's import stand-ins, ``tools/monailabel_shim``).
+Used for environments that must NOT see this project: the "bundle user" environment of the download tests and the MONAI
+Label server environment (``make monailabel-env``). Installing PyTorch again would cost 25 s and 0.9 GB per environment
+and, with the wrong resolver order, pull a CUDA build, so torch is *linked*: a folder holding symlinks to torch's own
+files only (``torch``, ``torchgen``, ``functorch`` and its ``.dist-info``) is put on the new environment's path by a
+``.pth`` file. ITK's seven distributions (1.5 GB unpacked) are linked the same way when the environment asks for ``itk``
+at the version installed here; asked for at another version, or not at all, they are not there (so a bundle that forgets
+to pin ``itk`` still fails). Everything else is installed by pip, pinned: the specs given, then ``--no-deps`` specs,
+with every other package constrained to the version installed here (so nothing can swap torch or float to untested
+versions). The project (``medssl``, editable-installed here) is never linked, and the script checks that it cannot be
+imported in the new environment. ``--path`` puts extra folders on the new environment's path (the MONAI Label
+environment's import stand-ins, ``tools/monailabel_shim``).
 
 The environment is rebuilt only when its inputs change: a stamp file records a hash of the Python and torch
 versions, the specs and the requirement files.
@@ -33,7 +35,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 STAMP = ".side_venv.json"
-LINK_DIR = "shared-torch"
+LINK_DIR = "shared-packages"
+ITK = ("itk", "itk-core", "itk-filtering", "itk-io", "itk-numerics", "itk-registration", "itk-segmentation")
 
 
 def _requirement_lines(files: Sequence[Path]) -> list[str]:
@@ -73,18 +76,32 @@ def _purelib(venv: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def link_torch(venv: Path) -> Path:
-    """Symlink torch's installed files into ``venv/shared-torch`` and put that folder on the venv's path."""
-    dist = md.distribution("torch")
+def linked_distributions(requested: Sequence[str]) -> list[str]:
+    """torch, plus ITK's distributions if ``requested`` asks for ``itk`` in a version satisfied by the one here."""
+    names = ["torch"]
+    for line in requested:
+        req = Requirement(line)
+        if canonicalize_name(req.name) == "itk" and req.specifier.contains(md.version("itk"), prereleases=True):
+            names += ITK
+    return names
+
+
+def link_distributions(venv: Path, names: Sequence[str]) -> Path:
+    """Symlink the installed files of ``names`` into ``venv/shared-packages`` and put that folder on the venv's path.
+
+    Distributions sharing a top-level folder (ITK's all install into ``itk/``) share its one link.
+    """
     link_dir = venv / LINK_DIR
     link_dir.mkdir(exist_ok=True)
-    site = Path(str(dist.locate_file("")))
-    tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
-    for top in sorted(tops):
-        target = link_dir / top
-        if not target.exists():
-            target.symlink_to(site / top)
-    (_purelib(venv) / "_shared_torch.pth").write_text(f"{link_dir}\n")
+    for name in names:
+        dist = md.distribution(name)
+        site = Path(str(dist.locate_file("")))
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in sorted(tops):
+            target = link_dir / top
+            if not target.exists():
+                target.symlink_to(site / top)
+    (_purelib(venv) / "_shared_packages.pth").write_text(f"{link_dir}\n")
     return link_dir
 
 
@@ -93,6 +110,8 @@ def _key(specs: Sequence[str], files: Sequence[Path], no_deps: Sequence[str], pa
         "paths": [str(p) for p in paths],
         "python": sys.version,
         "torch": md.version("torch"),
+        "itk": md.version("itk"),
+        "layout": LINK_DIR,
         "specs": sorted(specs),
         "files": {str(f): f.read_text() for f in files},
         "no_deps": sorted(no_deps),
@@ -108,13 +127,14 @@ def _pip(venv: Path, *args: str) -> None:
 
 VERIFY = """
 import importlib.util, json, sys, torch
-print(json.dumps({"torch": torch.__version__, "torch_file": torch.__file__,
+itk = importlib.util.find_spec("itk")
+print(json.dumps({"torch": torch.__version__, "torch_file": torch.__file__, "itk_file": itk and itk.origin,
                   "medssl": importlib.util.find_spec("medssl") is not None, "prefix": sys.prefix}))
 """
 
 
-def verify(venv: Path) -> dict:
-    """torch comes from the link folder and ``medssl`` is not importable in ``venv``."""
+def verify(venv: Path, linked: Sequence[str]) -> dict:
+    """torch (and ITK if ``linked``) comes from the link folder and ``medssl`` is not importable in ``venv``."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", VERIFY], check=True, capture_output=True, text=True, env=env, cwd="/"
@@ -124,6 +144,8 @@ def verify(venv: Path) -> dict:
         raise RuntimeError(f"{venv}: medssl is importable; the side environment must not see the project")
     if not info["torch_file"].startswith(str(venv / LINK_DIR)):
         raise RuntimeError(f"{venv}: torch is imported from {info['torch_file']}, not from the linked build")
+    if "itk" in linked and not str(info["itk_file"]).startswith(str(venv / LINK_DIR)):
+        raise RuntimeError(f"{venv}: itk is imported from {info['itk_file']}, not from the linked build")
     return info
 
 
@@ -145,9 +167,10 @@ def ensure_venv(
             return recorded
     start = time.time()
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    link_torch(venv)
     requested = list(specs) + _requirement_lines(files) + list(no_deps)
-    names = {canonicalize_name(Requirement(r).name) for r in requested} - {"torch"}
+    linked = linked_distributions(requested)
+    link_distributions(venv, linked)
+    names = {canonicalize_name(Requirement(r).name) for r in requested} - set(linked)
     constraint_file = venv / "constraints.txt"
     constraint_file.write_text("\n".join(constraints(exclude=names)) + "\n")
     _pip(venv, "-c", str(constraint_file), *torch_requirements(), *specs, *[a for f in files for a in ("-r", str(f))])
@@ -155,8 +178,9 @@ def ensure_venv(
         _pip(venv, "--no-deps", *no_deps)
     if paths:
         (_purelib(venv) / "_side_venv_paths.pth").write_text("".join(f"{p}\n" for p in paths))
-    info = verify(venv)
-    record = {"key": key, "specs": list(specs), "no_deps": list(no_deps), "seconds": round(time.time() - start, 1)}
+    info = verify(venv, linked)
+    record = {"key": key, "specs": list(specs), "no_deps": list(no_deps), "linked": linked}
+    record["seconds"] = round(time.time() - start, 1)
     record.update(info)
     stamp.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -171,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--path", action="append", type=Path, default=[], help="a folder to put on the path (.pth)")
     args = p.parse_args(argv)
     record = ensure_venv(args.venv, args.spec, args.requirements, args.no_deps_spec, args.path)
-    print(f"{args.venv}: ready (torch {record['torch']} linked; built in {record['seconds']} s)")
+    print(f"{args.venv}: ready ({', '.join(record['linked'])} linked; built in {record['seconds']} s)")
     return 0
 
 

@@ -45,7 +45,9 @@ def _run(bundle_root: Path, step: dict, samples: Path, extra: dict | None = None
     )
     name = "_".join(Path(c).stem for c in step["configs"])
     print(f"  running {' + '.join(step['configs'])} (log: {bundle_root / 'eval' / (name + '.log')})", flush=True)
+    start = time.time()
     run_config(bundle_root, step["configs"], overrides)
+    print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
 def run_demo(name: str, samples: Path, work: Path) -> dict:

@@ -2,10 +2,14 @@
 
 ``ResumableCheckpoint`` writes ``path`` atomically (temporary file, then rename) after every ``interval`` epochs:
 the trainer's epoch and iteration, the state of every object given (network, optimiser, LR scheduler, early
-stopping, ...), the torch / numpy / Python random generators and the random state of every transform of the
-training data. With ``resume=True`` it loads that file when the run starts, so a run killed at any moment
+stopping, ...), the torch (CPU and CUDA) / numpy / Python random generators and the random state of every transform
+of the training data. With ``resume=True`` it loads that file when the run starts, so a run killed at any moment
 continues from its last completed epoch and, with the same seed, reproduces the losses of an uninterrupted run.
 Only tensors and plain containers are stored, so the file loads with ``torch.load(weights_only=True)``.
+
+Under ``torch.distributed`` the objects are the same on every process (DDP keeps parameters, buffers and optimiser
+steps in sync), so only the first process writes them, with the random states of every process gathered into the
+same file: one file per run whatever the number of processes, and no moment where the processes' files disagree.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.transforms import Randomizable, Transform
 
@@ -91,32 +96,65 @@ class ResumableCheckpoint:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
 
-    def state(self) -> dict[str, Any]:
+    @staticmethod
+    def _process() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def random_states(self) -> dict[str, Any]:
+        """This process's random generators: torch (CPU, and CUDA once initialised), numpy, Python, transforms."""
         return {
-            "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": _numpy_state_to_tensors(np.random.get_state()),
-                "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-                "transforms": [_numpy_state_to_tensors(r.get_state()) for r in transform_random_states(self.transform)],
-            },
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": _numpy_state_to_tensors(np.random.get_state()),
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+            "transforms": [_numpy_state_to_tensors(r.get_state()) for r in transform_random_states(self.transform)],
         }
 
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's content; ``rng`` holds one entry per process. Collective under ``torch.distributed``."""
+        rank, world = self._process()
+        rng = self.random_states()
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        else:
+            rng = [rng]
+        if rank != 0:
+            return {}
+        return {"objects": {name: obj.state_dict() for name, obj in self.objects.items()}, "rng": rng}
+
     def save(self, engine: Engine) -> None:
-        save_checkpoint_atomic(self.state(), self.path)
+        state = self.state()
+        if state:
+            save_checkpoint_atomic(state, self.path)
 
     def load(self, engine: Engine) -> None:
         if not self.path.is_file():
             logger.info(f"resume: no checkpoint at {self.path}, starting from the beginning")
             return
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        missing = sorted(set(self.objects) - set(state["objects"]))
+        missing = sorted(set(self.objects) - set(state.get("objects", {})))
         if missing:
             raise ValueError(f"{self.path} holds no state for {missing}; was it written by another config?")
         for name, obj in self.objects.items():
             obj.load_state_dict(state["objects"][name])
-        rng = state["rng"]
+        rank, world = self._process()
+        if len(state["rng"]) != world:
+            logger.warning(
+                f"{self.path} was written by {len(state['rng'])} process(es), this run has {world}: the training "
+                "state is restored but not the random generators, so the run will not repeat an uninterrupted one"
+            )
+        else:
+            self._restore_random_states(state["rng"][rank])
+        logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+
+    def _restore_random_states(self, rng: Mapping[str, Any]) -> None:
         torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
         version, internal, gauss = rng["python"]
         random.setstate((version, tuple(internal), gauss))
@@ -125,4 +163,3 @@ class ResumableCheckpoint:
             raise ValueError(f"{self.path}: the training transforms changed since it was written")
         for generator, saved in zip(generators, rng["transforms"]):
             generator.set_state(_numpy_state_from_tensors(saved))
-        logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
