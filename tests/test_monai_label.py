@@ -1,4 +1,4 @@
-"""The segmentation bundles as MONAI Label models: a real ``monailabel start_server`` with the ``monaibundle`` app.
+"""The bundles as MONAI Label models: a real ``monailabel start_server`` with the ``monaibundle`` app.
 
 MONAI Label runs in its own environment (``make monailabel-env``: monailabel 0.8.5, monai 1.6.1, torch linked from
 this environment; see ``tools/monailabel-requirements.txt``). The bundle reaches the app as a user's would: exported
@@ -6,7 +6,9 @@ by ``make dist`` and fetched into ``<app>/model/<name>`` with ``python -m monai.
 ``download_large_files``. The studies are the 3D segmentation sample volumes and their labels, resampled to 4 mm so
 that CPU inference and one training epoch take seconds. The test calls ``/info``, ``/infer`` (label volume: shape,
 affine, label names from ``metadata.json``), ``/train`` (one epoch on the studies' labels) and ``/infer`` again,
-which must reload the new weights; every request has a timeout and the server is always stopped.
+which must reload the new weights; every request has a timeout and the server is always stopped. A classification
+bundle (Medformer) is served under a model folder name containing ``classification`` (how the app picks MONAI
+Label's classification writer) on 2D PNG studies, and ``/infer`` must return one score per class.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ TRAIN_TIMEOUT = 1200
 PLANNED = [b for b in find_bundles(ROOT) if (ROOT / "tests" / "plans" / f"{b.name}.json").is_file()]
 
 
+def _is_classification(bundle: Path) -> bool:
+    """``inference.json`` predicts class scores."""
+    return next(iter(read_metadata(bundle)["network_data_format"]["outputs"].values())).get("format") == "classes"
+
+
 def _is_segmentation(bundle: Path) -> bool:
     """``inference.json`` predicts a label map and there is a ``train.json`` for MONAI Label's trainer."""
     pred = next(iter(read_metadata(bundle)["network_data_format"]["outputs"].values()))
@@ -90,6 +97,15 @@ def make_studies(samples_dir: Path, out: Path, spatial_dims: int) -> list[str]:
     return ids
 
 
+def make_image_studies(samples_dir: Path, out: Path) -> list[str]:
+    """The real 2D sample images (CT/MR slices, radiographs; PNG) as a MONAI Label studies folder; the image ids."""
+    out.mkdir(parents=True)
+    images = sorted((samples_dir / "slices").glob("*.png")) + sorted((samples_dir / "xray").glob("*.png"))
+    for image in images:
+        shutil.copy(image, out / image.name)
+    return [image.stem for image in images]
+
+
 def ml_python(args: list[str], cwd: Path) -> str:
     """Run ``python args...`` in MONAI Label's environment and return its output."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -118,8 +134,9 @@ def test_environment_has_the_bundles_pins(tmp_path):
     assert wrong == {}, f"(pinned, installed) differ; update tools/monailabel-requirements.txt: {wrong}"
 
 
-def install_bundle(name: str, tmp_path: Path) -> Path:
-    """Export a copy of the bundle (with seeded weights) and download it into ``app/model`` as a user would."""
+def install_bundle(name: str, tmp_path: Path, model: str) -> Path:
+    """Export a copy of the bundle (with seeded weights) and download it into ``app/model/<model>`` as a user
+    would (``model``: the model folder name, which MONAI Label serves the bundle under)."""
     source = copy_bundle(ROOT / "bundles" / name, tmp_path / "src")
     activate_bundle(source)
     parser = ConfigParser()
@@ -137,6 +154,8 @@ def install_bundle(name: str, tmp_path: Path) -> Path:
     (model_dir / f"{name}.zip").unlink()
     if dist.large_files:
         ml_python(["-m", "monai.bundle", "download_large_files", "--bundle_path", name], model_dir)
+    if model != name:
+        (model_dir / name).rename(model_dir / model)
     return app
 
 
@@ -186,21 +205,26 @@ class Server:
 
 @pytest.fixture
 def server_for(tmp_path, samples_dir) -> Iterator:
-    """``server_for(name)`` starts MONAI Label with that bundle on a free port of 127.0.0.1; always stopped."""
+    """``server_for(name, model)`` starts MONAI Label with that bundle as ``model`` (default: its name) on a free
+    port of 127.0.0.1; always stopped."""
     started: list[subprocess.Popen] = []
 
-    def start(name: str) -> tuple[Server, Path, list[str]]:
-        app = install_bundle(name, tmp_path)
+    def start(name: str, model: str | None = None) -> tuple[Server, Path, list[str]]:
+        model = model or name
+        app = install_bundle(name, tmp_path, model)
         studies = tmp_path / "studies"
-        spatial_shape = next(iter(read_metadata(app / "model" / name)["network_data_format"]["inputs"].values()))
-        ids = make_studies(samples_dir, studies, len(spatial_shape["spatial_shape"]))
+        if _is_classification(ROOT / "bundles" / name):
+            ids = make_image_studies(samples_dir, studies)
+        else:
+            spatial_shape = next(iter(read_metadata(app / "model" / name)["network_data_format"]["inputs"].values()))
+            ids = make_studies(samples_dir, studies, len(spatial_shape["spatial_shape"]))
         port, log = free_port(), tmp_path / "server.log"
         (tmp_path / "home").mkdir()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env.update(PATH=f"{ML_ENV / 'bin'}{os.pathsep}{env['PATH']}", HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
         cmd = [str(ML_ENV / "bin" / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies)]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--conf", "models", name, "--conf", "zoo_source", "local", "--conf", "sam2", "false"]
+        cmd += ["--conf", "models", model, "--conf", "zoo_source", "local", "--conf", "sam2", "false"]
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         started.append(proc)
@@ -271,3 +295,26 @@ def test_monai_label_infer_train_infer(name, server_for, tmp_path):
     assert result["label_names"] == labels
     _check_label(tmp_path / "after.nii.gz", image, labels)
     assert server.log.read_text().count("Reload model from cache") == reloads + 1, "inference kept the old weights"
+
+
+@pytest.mark.parametrize("name", [b.name for b in PLANNED if _is_classification(b)])
+def test_monai_label_classification_infer(name, server_for, tmp_path):
+    meta = read_metadata(ROOT / "bundles" / name)
+    labels = expected_labels(meta)
+    model = f"{name}_classification"
+    server, _, ids = server_for(name, model)
+
+    info = server.json("GET", "/info/", timeout=30)
+    served = info["models"][model]
+    assert served["type"] == "classification" and served["labels"] == labels and served["version"] == meta["version"]
+
+    for image in ids[:2]:
+        query = urllib.parse.urlencode({"image": image, "output": "json"})
+        form = urllib.parse.urlencode({"params": json.dumps({"device": "cpu"})}).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, _, data = server.request("POST", f"/infer/{model}?{query}", INFER_TIMEOUT, form, headers)
+        assert status == 200, f"/infer: HTTP {status} {data[:500]!r}\n{server.log_tail()}"
+        prediction = json.loads(data)["prediction"]
+        assert [(p["idx"], p["label"]) for p in prediction] == sorted((i, n) for n, i in labels.items())
+        scores = np.array([p["score"] for p in prediction])
+        assert np.all((scores >= 0) & (scores <= 1)) and scores.sum() == pytest.approx(1.0, abs=1e-4)
