@@ -78,9 +78,18 @@ def run_demo(name: str, samples: Path, work: Path) -> dict:
         if losses
         else "no loss logged",
         "downstream": f"{finetune['metric_tag']} {metric['scratch']:.3f} -> {metric['pretrained']:.3f}",
-        "outputs": ", ".join(str(Path(o).relative_to(ROOT)) if Path(o).is_relative_to(ROOT) else o for o in outputs),
+        "outputs": _summarise(outputs),
         "minutes": f"{(time.time() - start) / 60:.1f}",
     }
+
+
+def _summarise(outputs: list[str]) -> str:
+    """The first output file (relative to the repository when inside it) and how many more were written."""
+    if not outputs:
+        return "none"
+    first = Path(outputs[0])
+    shown = str(first.relative_to(ROOT)) if first.is_relative_to(ROOT) else str(first)
+    return shown + (f" (+{len(outputs) - 1} more)" if len(outputs) > 1 else "")
 
 
 def format_table(rows: list[dict]) -> str:
