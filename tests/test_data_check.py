@@ -158,6 +158,18 @@ def test_label_shape_mismatch_and_grid(good: Path) -> None:
     assert warn.file.endswith("shifted.nii.gz") and "not on the grid" in warn.reason
 
 
+def test_single_slice_image_and_its_2d_label_share_a_grid(good: Path) -> None:
+    """A one-slice file read as (H, W, 1) and a 2D label (H, W) are the same grid; (H, W, 2) against (H, W) is not."""
+    rng = np.random.default_rng(1)
+    one = _nii(good / "one_slice.nii.gz", rng.random((12, 10, 1), dtype=np.float32))
+    two = _nii(good / "two_slices.nii.gz", rng.random((12, 10, 2), dtype=np.float32))
+    Image.fromarray((rng.random((10, 12)) > 0.5).astype(np.uint8)).save(good / "label.png")
+    items = [{"image": one, "label": "label.png"}, {"image": two, "label": "label.png"}]
+    problems = check_datalist(_write(good, items), keys=("image", "label"), check_values=False)
+    err = _one(problems)
+    assert err.item.endswith("training[1]") and err.reason == "spatial shape (12, 10) differs from 'image' (12, 10, 2)"
+
+
 def test_constant_image_is_a_warning(good: Path) -> None:
     path = _write(good, [{"image": _nii(good / "zero.nii.gz", np.zeros((5, 5, 5), np.float32))}])
     warn = _one(check_datalist(path), "warning")

@@ -41,7 +41,9 @@ class NormalizeIntensity01(Transform):
 class NormalizeByModalityd(MapTransform):
     """Dictionary form of :class:`NormalizeIntensity01`; reads each item's modality from ``modality_key``.
 
-    Items without ``modality_key`` (e.g. MONAI Label datastore records) use ``default_modality``.
+    Items without ``modality_key`` (e.g. MONAI Label datastore records) use ``default_modality``. Images loaded from
+    a file ending in one of ``picture_suffixes`` (e.g. ``.png``: exports already windowed for display, whatever the
+    modality) use percentiles; the file name is the image's ``filename_or_obj`` metadata.
     """
 
     def __init__(
@@ -51,16 +53,23 @@ class NormalizeByModalityd(MapTransform):
         default_modality: str = "CT",
         hu_range: Sequence[float] = (-1000.0, 1000.0),
         percentiles: Sequence[float] = (0.5, 99.5),
+        picture_suffixes: Sequence[str] = (),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality_key = modality_key
+        self.picture_suffixes = tuple(s.lower() for s in picture_suffixes)
         self.normalizer = NormalizeIntensity01(default_modality, hu_range, percentiles)
+
+    def _is_picture(self, img: NdarrayOrTensor) -> bool:
+        source = str(getattr(img, "meta", {}).get("filename_or_obj", "")).lower()
+        return bool(self.picture_suffixes) and source.endswith(self.picture_suffixes)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         modality = d.get(self.modality_key)
         for key in self.key_iterator(d):
-            out = self.normalizer(d[key], modality if isinstance(modality, str) else None)
+            use = "picture" if self._is_picture(d[key]) else modality if isinstance(modality, str) else None
+            out = self.normalizer(d[key], use)
             d[key] = out.float() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32)
         return d

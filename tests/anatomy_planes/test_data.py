@@ -12,9 +12,9 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from medssl.data import DataCheckError, load_datalist
+from medssl.data import DataCheckError, assert_datalist_ok, load_datalist
 from medssl.geometry import PlaneGeometry, line_heatmap
-from scripts.checks import assert_slices_ok, check_geometry, check_series_labels
+from scripts.checks import check_geometry, check_series_labels
 from scripts.prepare import ACDC_CLASSES, build_sample_datalists, main, map_labels
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "anatomy_planes"
@@ -119,10 +119,10 @@ def test_geometry_check_names_every_problem(datalists):
 
 def test_slice_and_label_checks(datalists):
     seg = load_datalist(datalists["seg"], "training")
-    assert_slices_ok(seg[:3])
+    assert_datalist_ok(seg[:3], keys=("image", "label"))  # one-slice DICOM (H, W, 1) and its (H, W) label
     wrong = [{**seg[0], "label": load_datalist(datalists["seg"], "training")[0]["label"].replace("IM0001", "IM0099")}]
     with pytest.raises(DataCheckError, match="IM0099"):
-        assert_slices_ok(wrong)
+        assert_datalist_ok(wrong, keys=("image", "label"))
     check_series_labels([{"label": 0}, {"label": 1}], [{"label": 1}])
     with pytest.raises(DataCheckError, match="both classes"):
         check_series_labels([{"label": 1}, {"label": 1}])

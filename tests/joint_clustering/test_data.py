@@ -6,6 +6,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlip, RandScaleCrop, Resize
 
+from medssl.transforms import NormalizeByModalityd
+
 
 def test_select_dims_and_index():
     from scripts.data import select_dims, with_index
@@ -56,9 +58,9 @@ def test_multi_view_stacks_independent_views():
 
 
 def test_bitmaps_use_percentiles_and_ct_the_hounsfield_window():
-    from scripts.data import NormalizeMixedd
+    from scripts.data import BITMAP_SUFFIXES
 
-    norm = NormalizeMixedd("image", hu_range=(-1000, 1000), percentiles=(0, 100))
+    norm = NormalizeByModalityd("image", hu_range=(-1000, 1000), percentiles=(0, 100), picture_suffixes=BITMAP_SUFFIXES)
     values = torch.tensor([[[0.0, 100.0], [200.0, 255.0]]])
     png = MetaTensor(values, meta={"filename_or_obj": "slice.png"})
     torch.testing.assert_close(norm({"image": png, "modality": "CT"})["image"].as_tensor(), values / 255.0)

@@ -3,35 +3,12 @@ geometry the pretext targets need is present (errors name the item, key, file an
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medssl.data import DataCheckError, Problem, check_datalist
+from medssl.data import DataCheckError, Problem
 
-__all__ = ["assert_slices_ok", "check_geometry", "check_series_labels"]
-
-_SHAPE = re.compile(r"spatial shape \((.*)\) differs from 'image' \((.*)\)")
-
-
-def _same_slice_grid(problem: Problem) -> bool:
-    """A 2D label against its single-slice DICOM image, which MONAI's default reader loads as ``(H, W, 1)``."""
-    m = _SHAPE.match(problem.reason)
-    return bool(m) and f"{m.group(1)}, 1" == m.group(2)
-
-
-def assert_slices_ok(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("image", "label")) -> None:
-    """:func:`medssl.data.check_datalist` for 2D slices stored as single-slice DICOM files: a DICOM slice read as
-    ``(H, W, 1)`` and its ``(H, W)`` label are the same grid (the configs read DICOM with ``PydicomReader``, which
-    gives ``(H, W)``). Raises :class:`medssl.data.DataCheckError` with the remaining errors."""
-    problems = [
-        p
-        for p in check_datalist(list(items), keys)
-        if not _same_slice_grid(p) and "singleton last axis" not in p.reason
-    ]
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise DataCheckError(problems, f"{len(errors)} problem(s) in the datalist")
+__all__ = ["check_geometry", "check_series_labels"]
 
 
 def check_geometry(items: Sequence[Mapping[str, Any]], tasks: Sequence[str] = ("heatmap", "location")) -> None:

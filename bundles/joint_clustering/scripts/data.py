@@ -17,12 +17,9 @@ from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
 from monai.transforms import MapTransform, Randomizable
 
-from medssl.transforms import NormalizeIntensity01
-
 __all__ = [
     "BITMAP_SUFFIXES",
     "IndexedPrepareBatch",
-    "NormalizeMixedd",
     "RandMultiViewd",
     "RandSliced",
     "select_dims",
@@ -51,42 +48,6 @@ def select_dims(items: Sequence[Mapping[str, Any]], dims: Sequence[int]) -> list
 def with_index(items: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Copies of the items with their position under ``index`` (DeepCluster-v2 looks labels up by it)."""
     return [dict(item, index=i) for i, item in enumerate(items)]
-
-
-class NormalizeMixedd(MapTransform):
-    """Intensities to [0, 1] for mixed data: bitmaps (already windowed exports) by percentiles, anything else by
-    modality (CT: Hounsfield window; other: percentiles; :class:`medssl.transforms.NormalizeIntensity01`).
-
-    Args:
-        keys: image keys.
-        modality_key: item key naming the modality (``CT``, ``MR``, ``XR``...).
-        default_modality: modality of items without one.
-        hu_range: CT window.
-        percentiles: percentile range of the other images.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        modality_key: str = "modality",
-        default_modality: str = "CT",
-        hu_range: Sequence[float] = (-1000.0, 1000.0),
-        percentiles: Sequence[float] = (0.5, 99.5),
-    ) -> None:
-        super().__init__(keys)
-        self.modality_key = modality_key
-        self.default_modality = default_modality
-        self.normalize = NormalizeIntensity01(default_modality, hu_range, percentiles)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        modality = d.get(self.modality_key) or self.default_modality
-        for key in self.key_iterator(d):
-            img = d[key]
-            source = str(img.meta.get("filename_or_obj", "")) if isinstance(img, MetaTensor) else ""
-            use = "bitmap" if source.lower().endswith(BITMAP_SUFFIXES) else str(modality)
-            d[key] = torch.as_tensor(self.normalize(img, use), dtype=torch.float32)
-        return d
 
 
 class RandSliced(Randomizable, MapTransform):

@@ -263,7 +263,7 @@ def check_datalist(
             for key, (shown, info) in infos.items():
                 if key == ref_key or key not in label_keys:
                     continue
-                if info.spatial != rinfo.spatial:
+                if _without_trailing_one(info.spatial) != _without_trailing_one(rinfo.spatial):
                     why = f"spatial shape {info.spatial} differs from {ref_key!r} {rinfo.spatial}"
                     problems.append(Problem(ref, key, shown, why))
                 elif info.affine is not None and rinfo.affine is not None:
@@ -273,6 +273,11 @@ def check_datalist(
                         why = f"not on the grid of {ref_key!r}: same shape but different affine"
                         problems.append(Problem(ref, key, shown, why, WARNING))
     return problems
+
+
+def _without_trailing_one(spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """A single-slice file read as ``(H, W, 1)`` (DICOM through ITK, a one-slice NIfTI) is on the grid of ``(H, W)``."""
+    return spatial[:-1] if len(spatial) == 3 and spatial[-1] == 1 else spatial
 
 
 def _is_number(v: Any) -> bool:
