@@ -105,6 +105,17 @@ def test_single_process_round_trip(tmp_path):
     assert not network.weight.eq(0).all()
 
 
+def test_wrapped_and_plain_networks_share_checkpoints(tmp_path):
+    checkpoint, engine, network, _ = _setup(0)
+    checkpoint.path = tmp_path / "last.pt"
+    checkpoint.objects["network"] = torch.nn.DataParallel(network)  # saved as the module inside
+    checkpoint.save(engine)
+    plain, _, target, _ = _setup(1)
+    plain.path = checkpoint.path
+    plain.load(engine)
+    torch.testing.assert_close(target.state_dict(), network.state_dict())
+
+
 def test_other_process_count_restores_the_state_but_warns(ddp_run, caplog):
     folder, _ = ddp_run
     checkpoint, engine, network, transform = _setup(5)

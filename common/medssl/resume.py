@@ -10,6 +10,8 @@ Only tensors and plain containers are stored, so the file loads with ``torch.loa
 Under ``torch.distributed`` the objects are the same on every process (DDP keeps parameters, buffers and optimiser
 steps in sync), so only the first process writes them, with the random states of every process gathered into the
 same file: one file per run whatever the number of processes, and no moment where the processes' files disagree.
+A network wrapped in DDP or DataParallel is saved and loaded as the module inside, so a run can resume with or
+without them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def _randomizables(obj: Any, seen: set[int]) -> Iterator[Randomizable]:
 def transform_random_states(transform: Any) -> list[np.random.RandomState]:
     """The random generators of every randomizable transform in ``transform`` (Compose, OneOf, wrappers), in order."""
     return [t.R for t in _randomizables(transform, set())]
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The module inside DDP / DataParallel, so that a checkpoint resumes with or without them."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return obj.module if isinstance(obj, wrappers) else obj
 
 
 def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
@@ -124,7 +132,7 @@ class ResumableCheckpoint:
             rng = [rng]
         if rank != 0:
             return {}
-        return {"objects": {name: obj.state_dict() for name, obj in self.objects.items()}, "rng": rng}
+        return {"objects": {name: _unwrapped(obj).state_dict() for name, obj in self.objects.items()}, "rng": rng}
 
     def save(self, engine: Engine) -> None:
         state = self.state()
@@ -140,7 +148,7 @@ class ResumableCheckpoint:
         if missing:
             raise ValueError(f"{self.path} holds no state for {missing}; was it written by another config?")
         for name, obj in self.objects.items():
-            obj.load_state_dict(state["objects"][name])
+            _unwrapped(obj).load_state_dict(state["objects"][name])
         rank, world = self._process()
         if len(state["rng"]) != world:
             logger.warning(
