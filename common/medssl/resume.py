@@ -12,12 +12,18 @@ steps in sync), so only the first process writes them, with the random states of
 same file: one file per run whatever the number of processes, and no moment where the processes' files disagree.
 A network wrapped in DDP or DataParallel is saved and loaded as the module inside, so a run can resume with or
 without them.
+
+For tests of that promise, the environment variable ``MEDSSL_CRASH_AT_ITERATION=k`` makes the run kill itself with
+SIGKILL when iteration ``k`` completes (counted over the whole run, as ``engine.state.iteration``): a crash at an
+exact, machine-independent point, after which nothing else is written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,9 @@ from monai.transforms import Randomizable, Transform
 
 from medssl.checkpoint import save_checkpoint_atomic
 
-__all__ = ["ResumableCheckpoint", "transform_random_states"]
+__all__ = ["CRASH_AT_ITERATION", "ResumableCheckpoint", "transform_random_states"]
+
+CRASH_AT_ITERATION = "MEDSSL_CRASH_AT_ITERATION"
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,11 @@ def _unwrapped(obj: Any) -> Any:
     """The module inside DDP / DataParallel, so that a checkpoint resumes with or without them."""
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
     return obj.module if isinstance(obj, wrappers) else obj
+
+
+def _crash(engine: Engine) -> None:
+    logger.warning(f"{CRASH_AT_ITERATION}: killing this process after iteration {engine.state.iteration}")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
@@ -103,6 +116,9 @@ class ResumableCheckpoint:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        crash_at = os.environ.get(CRASH_AT_ITERATION)
+        if crash_at:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=int(crash_at)), _crash)
 
     @staticmethod
     def _process() -> tuple[int, int]:

@@ -8,11 +8,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BundleRunError", "copy_bundle", "fill_placeholders", "run_config", "start_config"]
+__all__ = [
+    "BundleRunError",
+    "ResumeTrial",
+    "copy_bundle",
+    "fill_placeholders",
+    "run_config",
+    "run_crashed_and_resumed",
+    "start_config",
+]
 
 
 class BundleRunError(RuntimeError):
@@ -47,6 +55,7 @@ def start_config(
     run_id: str = "run",
     log_file: str | Path | None = None,
     nproc: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, Path]:
     """Start ``python -m monai.bundle run`` on ``configs/<config_files>`` of a bundle; return the process and its log.
 
@@ -54,6 +63,7 @@ def start_config(
     or Fire parsing). The process runs in the bundle folder with it on ``PYTHONPATH``, as ``scripts.*`` targets
     require, in its own process group (so a test can kill it with everything it started).
     ``nproc > 1`` launches that many processes on this machine with ``torchrun`` (for ``multi_gpu_*.json``).
+    ``env``: extra environment variables of the run.
     """
     root = Path(bundle_root).resolve()
     files = [config_files] if isinstance(config_files, str) else list(config_files)
@@ -72,34 +82,15 @@ def start_config(
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, "-m", "monai.bundle", "run", run_id, "--args_file", str(args_file)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    run_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    run_env.update(env or {})
     if nproc > 1:  # all processes on this machine: gloo must not depend on how the host name resolves
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        run_env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return proc, log_path
-
-
-def kill_when_logged(
-    bundle_root: str | Path,
-    config_files: str | Sequence[str],
-    overrides: Mapping | None,
-    text: str,
-    log_file: str | Path,
-    timeout: float = 600,
-) -> Path:
-    """Start a config like :func:`start_config`, SIGKILL it (with all it started) once ``text`` is in its log, as a
-    crash or a preempted job would; return the log. Fails if the run ends, or ``timeout`` passes, before that."""
-    proc, log = start_config(bundle_root, config_files, overrides, log_file=log_file)
-    end = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            raise BundleRunError(f"'{text}' never appeared in {log} (exit code {proc.poll()})")
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return log
 
 
 def run_config(
@@ -110,9 +101,10 @@ def run_config(
     log_file: str | Path | None = None,
     timeout: float | None = None,
     nproc: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     """Run a bundle config to the end (see :func:`start_config`) and return its log; raise if it fails."""
-    proc, log_path = start_config(bundle_root, config_files, overrides, run_id, log_file, nproc)
+    proc, log_path = start_config(bundle_root, config_files, overrides, run_id, log_file, nproc, env)
     try:
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -125,3 +117,56 @@ def run_config(
         )
         raise BundleRunError(f"{what} failed (exit {returncode}); log {log_path}:\n{tail}")
     return log_path
+
+
+@dataclass
+class ResumeTrial:
+    """What :func:`run_crashed_and_resumed` saw: a scalar per iteration of the uninterrupted and the resumed run,
+    the resume checkpoint as the crash left it, and the resumed run's log."""
+
+    expected: list[float]
+    resumed: list[float]
+    checkpoint_at_crash: dict
+    resumed_log: str
+
+
+def run_crashed_and_resumed(
+    bundle: str | Path,
+    config: str,
+    overrides: Mapping,
+    crash_at: int,
+    workdir: str | Path,
+    scalar: str = "train_loss",
+) -> ResumeTrial:
+    """Run ``config`` of a bundle three times, each in its own copy under ``workdir``: uninterrupted; killed with
+    SIGKILL when iteration ``crash_at`` completes (``medssl.resume.CRASH_AT_ITERATION``: the run kills itself, so
+    the point of the crash does not depend on the machine's speed); then resumed with ``resume: true``.
+
+    The config's TensorBoard folder is ``eval/<config stem>`` and its resume checkpoint ``models/last_<stem>.pt``.
+    Raises :class:`BundleRunError` if a run fails or the crash does not happen.
+    """
+    import torch
+
+    from medssl.demo import scalars
+    from medssl.resume import CRASH_AT_ITERATION
+
+    workdir, stem = Path(workdir), Path(config).stem
+    reference = copy_bundle(bundle, workdir / "reference")
+    run_config(reference, config, overrides, log_file=workdir / "reference.log")
+
+    crashed = copy_bundle(bundle, workdir / "crashed")
+    env = {CRASH_AT_ITERATION: str(crash_at)}
+    proc, log = start_config(crashed, config, overrides, log_file=workdir / "crashed.log", env=env)
+    if proc.wait() != -signal.SIGKILL:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise BundleRunError(f"{config} did not crash at iteration {crash_at} (exit {proc.returncode}):\n{tail}")
+    checkpoint = crashed / "models" / f"last_{stem}.pt"
+    state = torch.load(checkpoint, weights_only=True) if checkpoint.is_file() else {}
+
+    resumed_log = run_config(crashed, config, {**overrides, "resume": True}, log_file=workdir / "resumed.log")
+    return ResumeTrial(
+        expected=scalars(reference / "eval" / stem, scalar),
+        resumed=scalars(crashed / "eval" / stem, scalar),
+        checkpoint_at_crash=state,
+        resumed_log=resumed_log.read_text(),
+    )

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from resume_check import assert_exact_resume
 
-from medssl.demo import scalars
-from medssl.runner import BundleRunError, copy_bundle, kill_when_logged, run_config
+from medssl.runner import BundleRunError, copy_bundle, run_config, run_crashed_and_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, ITERS = 3, 3  # 54 training slices in batches of 20: one full pass per epoch (a resumed run restarts the
@@ -33,30 +32,9 @@ def _overrides(samples_dir: Path, **extra) -> dict:
 
 @pytest.mark.slow
 def test_killed_pretraining_resumes_with_identical_losses(samples_dir, tmp_path):
-    bundle = copy_bundle(ROOT / "bundles" / "anatomy_planes", tmp_path / "run")
-    run_config(
-        bundle,
-        "pretrain.json",
-        _overrides(
-            samples_dir,
-            output_dir=str(bundle / "eval" / "reference"),
-            last_ckpt=str(bundle / "models" / "last_reference.pt"),
-        ),
-    )
-    expected = scalars(bundle / "eval" / "reference", "train_loss")
-    assert len(expected) == EPOCHS * ITERS
-
-    kill_when_logged(
-        bundle, "pretrain.json", _overrides(samples_dir), f"Epoch: 2/{EPOCHS}, Iter: 2/{ITERS}", tmp_path / "killed.log"
-    )
-    last = bundle / "models" / "last_pretrain.pt"
-    assert torch.load(last, weights_only=True)["objects"]["trainer"]["iteration"] == ITERS, "epoch 1 state saved"
-
-    log = run_config(bundle, "pretrain.json", _overrides(samples_dir, resume=True), log_file=tmp_path / "resumed.log")
-    text = log.read_text()
-    assert "resumed from" in text and f"Epoch[{EPOCHS}] Complete" in text
-    resumed = scalars(bundle / "eval" / "pretrain", "train_loss")  # steps repeated after the kill: last write wins
-    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    bundle = ROOT / "bundles" / "anatomy_planes"
+    trial = run_crashed_and_resumed(bundle, "pretrain.json", _overrides(samples_dir), ITERS + 2, tmp_path)
+    assert_exact_resume(trial, EPOCHS, ITERS)
 
 
 @pytest.mark.slow
