@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -27,6 +26,7 @@ from medssl.clustering import (
     sinkhorn_knopp,
     spherical_kmeans,
 )
+from medssl.distributed import TIMEOUT as DDP_TIMEOUT
 from medssl.distributed import ddp_loss_and_grads, seeded_model, single_loss_and_grads
 
 EPS = 0.05
@@ -285,8 +285,8 @@ import torch
 import torch.distributed as dist
 from medssl.clustering import FeatureMemoryBank, kmeans_assignments
 
-rank, port, data, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+rank, store, data, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
 indices, embeddings = torch.load(data)[rank]
 bank = FeatureMemoryBank(len(indices), embeddings.shape[-1], num_views=2)
 bank.update(indices, embeddings)
@@ -295,12 +295,6 @@ centroids, assignments = kmeans_assignments(bank, [3, 3], dataset_size=10, gener
 torch.save({"centroids": centroids, "assignments": assignments}, out)
 dist.destroy_process_group()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_kmeans_clusters_the_union_of_the_memory_banks(tmp_path):
@@ -320,8 +314,7 @@ def test_ddp_kmeans_clusters_the_union_of_the_memory_banks(tmp_path):
         for rank in (0, 1)
     }
     torch.save(shards, tmp_path / "data.pt")
-    port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     workers = [
         subprocess.Popen(
             [
@@ -329,7 +322,7 @@ def test_ddp_kmeans_clusters_the_union_of_the_memory_banks(tmp_path):
                 "-c",
                 KMEANS_WORKER,
                 str(rank),
-                port,
+                str(tmp_path / "store"),
                 str(tmp_path / "data.pt"),
                 str(tmp_path / f"{rank}.pt"),
             ],
@@ -337,7 +330,7 @@ def test_ddp_kmeans_clusters_the_union_of_the_memory_banks(tmp_path):
         )
         for rank in (0, 1)
     ]
-    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    assert [w.wait(timeout=DDP_TIMEOUT) for w in workers] == [0, 0]  # a deadline against a hang only
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
     for key in ("centroids", "assignments"):
         for a, b in zip(results[0][key], results[1][key]):

@@ -44,7 +44,7 @@ from medssl.runner import copy_bundle
 ROOT = Path(__file__).resolve().parents[1]
 ML_ENV = Path(sys.prefix) / "envs" / "monailabel-0.8.5"
 STUDY_SPACING = 4.0
-START_TIMEOUT = 180
+START_TIMEOUT = 600  # deadlines against a hang only: a loaded machine may take minutes
 INFER_TIMEOUT = 600
 TRAIN_TIMEOUT = 1200
 
