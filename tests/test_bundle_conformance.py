@@ -22,7 +22,7 @@ from monai.transforms import Compose, Randomizable
 from monai.utils import BundleProperty, BundlePropertyConfig
 
 from bundle_env import activate_bundle
-from medssl.bundle import SCHEMA_PATH, find_bundles, metadata_problems
+from medssl.bundle import SCHEMA_PATH, config_chain, find_bundles, metadata_problems
 from medssl.runner import copy_bundle, fill_placeholders, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,24 +31,13 @@ NAMES = [b.name for b in BUNDLES]
 NOT_WORKFLOWS = {"metadata.json"}
 
 
-def overlay_base(config: Path) -> Path | None:
-    """``evaluate*.json`` overlays ``train*.json``; ``multi_gpu_X.json`` overlays ``X.json``."""
-    name = config.name
-    if name.startswith("evaluate"):
-        return config.with_name("train" + name[len("evaluate") :])
-    if name.startswith("multi_gpu_"):
-        return config.with_name(name[len("multi_gpu_") :])
-    return None
-
-
 def workflow_configs(bundle: Path) -> list[list[Path]]:
     """Each runnable config as the list of files merged to run it."""
     runs = []
     for config in sorted(bundle.glob("configs/*.json")):
         if config.name in NOT_WORKFLOWS:
             continue
-        base = overlay_base(config)
-        runs.append([base, config] if base else [config])
+        runs.append(config_chain(config))
     return runs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jsonschema
 
-__all__ = ["SCHEMA_PATH", "REQUIRED_FILES", "find_bundles", "metadata_problems", "read_metadata"]
+__all__ = ["SCHEMA_PATH", "REQUIRED_FILES", "config_chain", "find_bundles", "metadata_problems", "read_metadata"]
 
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")
 REQUIRED_FILES = (
@@ -22,6 +22,17 @@ REQUIRED_FILES = (
 def find_bundles(root: str | Path) -> list[Path]:
     """Every folder of ``root/bundles`` that holds a ``configs/metadata.json``, sorted by name."""
     return sorted(p.parent.parent for p in Path(root, "bundles").glob("*/configs/metadata.json"))
+
+
+def config_chain(config: str | Path) -> list[Path]:
+    """The files MONAI merges to run ``config``: ``evaluate*.json`` overlays ``train*.json`` and
+    ``multi_gpu_X.json`` overlays ``X.json`` (base first); any other config runs alone."""
+    config = Path(config)
+    if config.name.startswith("evaluate"):
+        return [config.with_name("train" + config.name[len("evaluate") :]), config]
+    if config.name.startswith("multi_gpu_"):
+        return [config.with_name(config.name[len("multi_gpu_") :]), config]
+    return [config]
 
 
 def read_metadata(bundle: str | Path) -> dict:

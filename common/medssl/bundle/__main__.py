@@ -7,6 +7,8 @@
 * ``lock [--force] [NAME ...]``: record versions and content hashes in ``bundles/versions.lock.json``; refuses a
   bundle whose content changed without a version bump unless ``--force`` (only for a version never published).
 * ``verify [NAME ...]``: report disagreements with the lock file (exit 1 if any).
+* ``switches [--check] [NAME ...]``: write (or with ``--check`` only report, exit 1 if any) the start-up
+  ``check_switches`` line of every config (see :mod:`medssl.bundle.switches`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from . import find_bundles
 from .dist import DistError, build_dist, lock_problems, update_lock
+from .switches import sync_switch_checks
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -35,7 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("names", nargs="*", help="bundles to record (default: all)")
     v = sub.add_parser("verify", help="check bundles/versions.lock.json against the bundles")
     v.add_argument("names", nargs="*", help="bundles to check (default: all)")
+    sw = sub.add_parser("switches", help="write the start-up check of switch values into every config")
+    sw.add_argument("--check", action="store_true", help="only report configs whose check is missing or stale")
+    sw.add_argument("names", nargs="*", help="bundles (default: all)")
     return p
+
+
+def _switches(args: argparse.Namespace) -> int:
+    changes = []
+    for bundle in find_bundles(args.root):
+        if not args.names or bundle.name in args.names:
+            changes += [f"{bundle.name}/configs/{c}" for c in sync_switch_checks(bundle / "configs", not args.check)]
+    print("\n".join(changes) or "every config checks its switches")
+    return 1 if args.check and changes else 0
 
 
 def _dist(args: argparse.Namespace) -> int:
@@ -60,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dist":
         return _dist(args)
+    if args.command == "switches":
+        return _switches(args)
     names = args.names or None
     try:
         if args.command == "lock":
