@@ -16,6 +16,7 @@ help:
 	@echo "make demo [BUNDLE=name]   set up, build the sample data, run every bundle's demo"
 	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
 	@echo "make bench                speed benchmarks (benchmarks/)"
+	@echo "make evidence [BUNDLE=name] [SEEDS=3]  does each pre-training learn and help? (docs/evidence.md)"
 	@echo "make dist [BUNDLE=..] [DIST_URL=..]  self-contained bundle zips + model_info.json in dist/"
 	@echo "make lock [BUNDLE=..]     record bundle versions and content hashes (bundles/versions.lock.json)"
 	@echo "make monailabel-env       MONAI Label 0.8.5 in .venv/envs (docs/monai_label.md)"
@@ -59,6 +60,10 @@ format: $(STAMP)
 bench: data
 	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES)
 	$(PY) benchmarks/training_steps.py --samples $(SAMPLES)
+
+.PHONY: evidence
+evidence: data
+	$(PY) benchmarks/evidence.py --samples $(SAMPLES) $(if $(BUNDLE),--bundle $(BUNDLE),) $(if $(SEEDS),--seeds $(SEEDS),)
 
 clean:
 	rm -rf $(VENV) $(SAMPLES) dist .pytest_cache .ruff_cache

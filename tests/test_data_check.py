@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -36,8 +37,9 @@ def good(tmp_path: Path) -> Path:
 
 
 def _write(folder: Path, items: list[dict], name: str = "dl.json") -> Path:
+    """``items`` as the training section; validation holds the good pair of the ``good`` fixture."""
     path = folder / name
-    path.write_text(json.dumps({"training": items, "validation": []}))
+    path.write_text(json.dumps({"training": items, "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}))
     return path
 
 
@@ -115,7 +117,7 @@ def test_dimensionality(good: Path) -> None:
     ]
     assert "2D image (spatial shape (20, 16)) where 3D expected" in problems[0].reason
     assert "singleton last axis" in problems[1].reason
-    problems = check_datalist(path, spatial_dims=2)
+    problems = check_datalist(path, spatial_dims=2, sections=("training",))
     assert [(p.file.rsplit("/", 1)[-1], p.severity) for p in problems] == [
         ("flat.nii.gz", "warning"),
         ("img.nii.gz", "error"),
@@ -218,3 +220,58 @@ def test_cli_exit_codes(good: Path, capsys: pytest.CaptureFixture) -> None:
     zero = _write(good, [{"image": _nii(good / "zero.nii.gz", np.zeros((4, 4, 4), np.float32))}])
     assert cli.main(["check", str(zero)]) == 0
     assert cli.main(["check", str(zero), "--strict"]) == 1
+
+
+@pytest.fixture(scope="module")
+def ct_pair(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """The real head CT, and copies of its head mask whose affine flips axis 0 / swaps axes 0 and 1 (voxels kept)."""
+    out = tmp_path_factory.mktemp("orientation")
+    mask = nib.load(str(samples_dir / "ct" / "head_ct_head_mask.nii.gz"))
+    data, affine = np.asarray(mask.dataobj), mask.affine
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, data.shape[0] - 1
+    nib.save(nib.Nifti1Image(data, affine @ flip), str(out / "flipped.nii"))
+    nib.save(nib.Nifti1Image(data, affine[:, [1, 0, 2, 3]]), str(out / "permuted.nii"))
+    return str(samples_dir / "ct" / "head_ct.nii.gz"), out / "flipped.nii", out / "permuted.nii"
+
+
+def test_label_with_a_flipped_or_permuted_axis_is_an_error(ct_pair: tuple[str, Path, Path]) -> None:
+    """After Orientationd such a label is mirrored against its image: an error, not the grid warning."""
+    image, flipped, permuted = ct_pair
+    items = [{"image": image, "label": str(flipped)}, {"image": image, "label": str(permuted)}]
+    problems = check_datalist(items, keys=("image", "label"), check_values=False)
+    assert [(p.file, p.severity) for p in problems] == [(str(flipped), "error"), (str(permuted), "error")]
+    assert problems[0].reason.startswith("orientation LAS, not RAS: axis 0 flipped against 'image'")
+    assert problems[1].reason.startswith("orientation ARS, not RAS: axes permuted against 'image'")
+    assert "mirrored" in problems[0].reason
+    with pytest.raises(DataCheckError, match="flipped.nii"):
+        assert_datalist_ok(items, keys=("image", "label"), check_values=False)
+
+
+def test_warnings_are_logged_before_training(good: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write(good, [{"image": _nii(good / "zero.nii.gz", np.zeros((5, 5, 5), np.float32))}])
+    with caplog.at_level(logging.WARNING, logger="medssl.data.check"):
+        warnings = assert_datalist_ok(path)
+    assert len(warnings) == 1 and "zero.nii.gz" in caplog.text and "constant image (every value is 0)" in caplog.text
+
+
+def test_4d_image_is_rejected_naming_the_file(good: Path) -> None:
+    """A 4D NIfTI (3 time points) would pass a check without num_channels and fail in batch 1 without a name."""
+    series = _nii(good / "series.nii.gz", np.random.default_rng(2).random((6, 6, 6, 3), dtype=np.float32))
+    path = _write(good, [{"image": "img.nii.gz"}, {"image": series}])
+    p = _one(check_datalist(path, keys=("image",), spatial_dims=3))
+    assert p.file == str(good / "series.nii.gz")
+    assert p.reason.startswith("4D image: 3 channels or time points of spatial shape (6, 6, 6), one expected")
+    assert check_datalist(path, keys=("image",), spatial_dims=3, num_channels=3)[0].file.endswith("img.nii.gz")
+
+
+def test_empty_datalist_or_section_is_an_error(good: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _one(check_datalist([])).reason == "the datalist is empty: no item to train on"
+    empty = good / "empty.json"
+    empty.write_text(json.dumps({"training": [], "validation": [{"image": "img.nii.gz"}]}))
+    p = _one(check_datalist(empty))
+    assert p.item == "empty.json:training" and p.reason == "section 'training' is empty"
+    assert cli.main(["check", str(empty)]) == 1
+    assert "section 'training' is empty" in capsys.readouterr().out
+    with pytest.raises(DataCheckError, match="is empty"):
+        assert_datalist_ok(empty, sections=("training",))

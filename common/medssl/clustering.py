@@ -39,6 +39,7 @@ __all__ = [
     "kmeans_assignments",
     "DeepClusterV2Loss",
     "IGNORE_INDEX",
+    "normalized_entropy",
 ]
 
 #: Label of samples without a cluster assignment (not in the memory bank); skipped by :class:`DeepClusterV2Loss`.
@@ -132,6 +133,8 @@ class SwAVLoss(nn.Module):
         temperature: ``τ`` (0.1: SwAV and the paper's code).
         epsilon: Sinkhorn ``ε`` (0.05).
         sinkhorn_iterations: Sinkhorn rounds (3).
+        distributed: as :func:`sinkhorn_knopp` (``False`` for scores that every process holds in full, e.g. a
+            validation set evaluated on each process).
 
     ``forward(scores, target=None)``: ``scores`` ``(V·B, K)`` crop-major or ``(B, V, K)``; ``target`` is ignored (it
     is accepted so that MONAI's ``SupervisedTrainer`` can call ``loss_function(pred, label)``). Under DDP the codes
@@ -146,6 +149,7 @@ class SwAVLoss(nn.Module):
         temperature: float = 0.1,
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
         if num_crops < 2 or not crops_for_assign or not all(0 <= c < num_crops for c in crops_for_assign):
@@ -158,16 +162,30 @@ class SwAVLoss(nn.Module):
         self.temperature = temperature
         self.epsilon = epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
+        self.distributed = distributed
 
     def forward(self, scores: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         views = _full_precision(_views(scores, self.num_crops))
         log_p = F.log_softmax(views / self.temperature, dim=-1)
         loss = views.new_zeros(())
         for a in self.crops_for_assign:
-            q = sinkhorn_knopp(views[a].detach(), self.epsilon, self.sinkhorn_iterations)
+            q = sinkhorn_knopp(views[a].detach(), self.epsilon, self.sinkhorn_iterations, self.distributed)
             cross = torch.stack([-(q * log_p[v]).sum(dim=1).mean() for v in range(self.num_crops) if v != a])
             loss = loss + cross.mean()
         return loss / len(self.crops_for_assign)
+
+
+@torch.no_grad()
+def normalized_entropy(scores: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Entropy of each soft prototype assignment ``softmax(scores / τ)`` over the last axis, divided by ``log K``.
+
+    1 for a uniform assignment (every prototype equally likely: the collapse where the network predicts nothing),
+    0 for a one-hot one. Returns ``scores.shape[:-1]``; ``K = 1`` gives 0.
+    """
+    log_p = F.log_softmax(_full_precision(scores) / temperature, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    k = scores.shape[-1]
+    return entropy / math.log(k) if k > 1 else torch.zeros_like(entropy)
 
 
 class Prototypes(nn.Module):

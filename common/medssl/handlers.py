@@ -1,9 +1,11 @@
-"""Ignite handlers that show people what a model does: PNG grids of inputs, targets and predictions."""
+"""Ignite handlers: PNG grids of inputs, targets and predictions, per-class AUC, and a guard that stops a trainer
+with one clear line on an empty data loader or a NaN/Inf loss."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
-__all__ = ["ImageGridSaver", "PerClassAUC", "middle_slice"]
+__all__ = ["ImageGridSaver", "NonFiniteLossError", "PerClassAUC", "TrainingGuard", "batch_files", "middle_slice"]
 
 
 def middle_slice(image: torch.Tensor | np.ndarray, channel: int = 0) -> np.ndarray:
@@ -39,6 +41,8 @@ class ImageGridSaver:
             to a list of per-sample dicts; the default handles both MONAI engine output forms.
         value_range: display range shared by every panel, or None for per-panel scaling.
         channels: channel shown for each column (e.g. 1 for the foreground of a one-hot label); default 0.
+        panel_titles: ``{column key: format string}`` filled with the sample's scalar values and shown above that
+            column's panel in every row, e.g. ``{"pred": "loss {loss:.3f}"}``; a missing value is an error.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class ImageGridSaver:
         output_transform: Callable | None = None,
         value_range: Sequence[float] | None = (0.0, 1.0),
         channels: Sequence[int] | None = None,
+        panel_titles: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.columns = list(columns)
@@ -62,6 +67,7 @@ class ImageGridSaver:
         self.output_transform = output_transform or _per_sample
         self.value_range = value_range
         self.channels = list(channels) if channels is not None else [0] * len(self.columns)
+        self.panel_titles = dict(panel_titles or {})
         self.saved: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -82,8 +88,9 @@ class ImageGridSaver:
                 panel = middle_slice(sample[key], self.channels[col])
                 ax.imshow(panel, cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
                 ax.set_axis_off()
-                if row == 0:
-                    ax.set_title(self.titles[col])
+                title = self.panel_title(sample, key, self.titles[col] if row == 0 else "")
+                if title:
+                    ax.set_title(title, fontsize="medium" if key in self.panel_titles else "large")
         fig.suptitle(f"epoch {engine.state.epoch}")
         fig.tight_layout()
         path = os.path.join(self.output_dir, f"{self.prefix}_epoch{engine.state.epoch:04d}.png")
@@ -92,6 +99,25 @@ class ImageGridSaver:
         plt.close(fig)
         os.replace(tmp, path)
         self.saved.append(path)
+
+    def panel_title(self, sample: Mapping, key: str, title: str = "") -> str:
+        """``title``, then the sample's line of ``panel_titles[key]`` (if any) on a new line."""
+        if key not in self.panel_titles:
+            return title
+        values = {
+            k: float(v)
+            for k, v in sample.items()
+            if isinstance(v, (torch.Tensor, np.ndarray, float, int))
+            and (v.numel() if isinstance(v, torch.Tensor) else np.size(v)) == 1
+        }
+        try:
+            line = self.panel_titles[key].format(**values)
+        except KeyError as e:
+            raise KeyError(
+                f"ImageGridSaver: panel title {self.panel_titles[key]!r} of column {key!r} needs the sample value "
+                f"{e}; the sample's scalar values are {sorted(values)}."
+            ) from None
+        return f"{title}\n{line}" if title else line
 
 
 def _per_sample(output: list[dict] | dict) -> list[dict]:
@@ -152,3 +178,139 @@ class PerClassAUC:
             preds, labels = evenly_divisible_all_gather(preds), evenly_divisible_all_gather(labels)
         for c, name in enumerate(self.names):
             engine.state.metrics[f"{self.prefix}{name}"] = float(compute_roc_auc(preds[:, c], labels[:, c]))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by :class:`TrainingGuard` when a training step gives a NaN or infinite loss (or weights)."""
+
+
+def batch_files(batch: Any) -> list[str]:
+    """The distinct ``filename_or_obj`` of a collated batch, in order: from the metadata of its MetaTensors and from
+    its ``*_meta_dict`` entries. Empty when the transforms dropped the metadata (e.g. ``track_meta=False``)."""
+    from monai.data import MetaTensor
+
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
+    found: list[str] = []
+    for value in values:
+        meta = value.meta if isinstance(value, MetaTensor) else value if isinstance(value, Mapping) else {}
+        names = meta.get("filename_or_obj", [])
+        for name in [names] if isinstance(names, str) else names:
+            if isinstance(name, str) and name and name not in found:
+                found.append(name)
+    return found
+
+
+class TrainingGuard:
+    """Stop a trainer with one line saying why, instead of training on nothing or on NaN.
+
+    * When attached: an empty training data loader (no item, or fewer items than ``batch_size`` with ``drop_last``)
+      raises ``ValueError`` saying what to change; MONAI's ``Workflow.run`` would only warn and return, exit code 0.
+    * After each loss (MONAI's ``IterationEvents.LOSS_COMPLETED``: before the backward pass and the optimiser step;
+      ``ITERATION_COMPLETED`` on other engines): a NaN/Inf loss raises :class:`NonFiniteLossError` naming the
+      iteration, the epoch and the batch's files (see :func:`batch_files`).
+    * After each epoch: non-finite weights of ``engine.network`` (a finite loss whose gradients overflowed) raise
+      :class:`NonFiniteLossError`. Put the guard first in the trainer's handlers, so that it runs before the
+      handlers that save checkpoints at the end of an epoch.
+
+    ``CheckpointSaver(save_final=True)`` saves the model when a run raises: the guard detaches that before raising,
+    so no checkpoint is written with the weights that gave the NaN, and the last good one stays as it was.
+
+    Args:
+        loss_key: key of the loss in ``engine.state.output``.
+        max_files: files named in the message (the rest are counted).
+    """
+
+    def __init__(self, loss_key: str = "loss", max_files: int = 8) -> None:
+        self.loss_key = loss_key
+        self.max_files = max_files
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines import SupervisedTrainer
+        from monai.engines.utils import IterationEvents
+
+        _check_not_empty(engine)
+        loss_event = (
+            IterationEvents.LOSS_COMPLETED if isinstance(engine, SupervisedTrainer) else Events.ITERATION_COMPLETED
+        )
+        engine.add_event_handler(loss_event, self.check_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check_weights)
+
+    def check_loss(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get(self.loss_key) if isinstance(output, Mapping) else output
+        if loss is None:
+            return
+        loss = torch.as_tensor(loss).detach()
+        if bool(torch.isfinite(loss).all()):
+            return
+        value = "NaN" if bool(torch.isnan(loss).any()) else "Inf"
+        state = engine.state
+        self._fail(
+            engine, f"loss is {value} at iteration {state.iteration} (epoch {state.epoch}); {self._files(state)}"
+        )
+
+    def check_weights(self, engine: Engine) -> None:
+        network = getattr(engine, "network", None)
+        if network is None:
+            return
+        bad = [name for name, p in network.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            names = ", ".join(bad[:3]) + (f" (+{len(bad) - 3})" if len(bad) > 3 else "")
+            self._fail(
+                engine,
+                f"non-finite weights ({names}) after epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "a step's gradients overflowed",
+            )
+
+    def _files(self, state: Any) -> str:
+        files = batch_files(state.batch)
+        if not files:
+            return "the batch carries no file names (its transforms drop the metadata)"
+        more = f" (+{len(files) - self.max_files} more)" if len(files) > self.max_files else ""
+        return "batch files: " + ", ".join(files[: self.max_files]) + more
+
+    @staticmethod
+    def _fail(engine: Engine, what: str) -> None:
+        _detach_final_checkpoints(engine)
+        raise NonFiniteLossError(
+            f"training stopped: {what}. No checkpoint was written after this step. Check the input images "
+            "(python -m medssl.data check DATALIST), the learning rate and the precision."
+        )
+
+
+def _check_not_empty(engine: Engine) -> None:
+    """Raise ``ValueError`` saying why and what to change if ``engine.data_loader`` yields no batch."""
+    loader = getattr(engine, "data_loader", None)
+    try:
+        batches = len(loader)
+    except TypeError:  # no loader, or an iterable dataset without a length
+        return
+    if batches and engine.state.epoch_length != 0:
+        return
+    if not batches and hasattr(loader, "dataset"):
+        sampler = getattr(loader, "sampler", None)
+        items = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else len(loader.dataset)
+        size, drop_last = getattr(loader, "batch_size", None), getattr(loader, "drop_last", False)
+        if items == 0:
+            why = "it has no item: check the datalist's training section"
+        elif size and drop_last and items < size:
+            why = (
+                f"{items} training item(s) per process, fewer than batch_size {size}, and drop_last=True drops the "
+                f"incomplete batch: lower batch_size to at most {items} or add training items"
+            )
+        else:
+            why = f"{items} item(s) give no batch"
+    else:
+        why = "epoch_length is 0"
+    raise ValueError(f"training data loader is empty, nothing would be trained: {why}")
+
+
+def _detach_final_checkpoints(engine: Engine) -> None:
+    """Drop the ``EXCEPTION_RAISED`` handlers of MONAI CheckpointSavers (``save_final`` saves the model on any
+    exception). Ignite has no public listing of handlers, and it re-raises only when that event has none left."""
+    from monai.handlers import CheckpointSaver
+
+    handlers = engine._event_handlers.get(Events.EXCEPTION_RAISED, [])
+    handlers[:] = [h for h in handlers if not isinstance(getattr(h[0], "__self__", None), CheckpointSaver)]
+    if not handlers:
+        engine._event_handlers.pop(Events.EXCEPTION_RAISED, None)

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, SqueezeDim, Transform
 
-__all__ = ["NormalizeIntensity01", "NormalizeByModalityd"]
+__all__ = [
+    "NormalizeByModalityd",
+    "NormalizeIntensity01",
+    "SqueezeSingletonSlice",
+    "SqueezeSingletonSliced",
+    "non_hounsfield_message",
+    "non_hounsfield_range",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def non_hounsfield_range(img: NdarrayOrTensor) -> tuple[float, float] | None:
+    """The intensity range ``(min, max)`` of an image that cannot be CT in Hounsfield units, else None.
+
+    A CT scan in HU holds air near -1000 HU, so an image without a negative value is not in HU: an MR (0..255,
+    0..65535), stored CT values without their rescale intercept (0..4095), an image already scaled to [0, 1].
+    """
+    x = torch.as_tensor(img)
+    lo = float(x.min()) if x.numel() else 0.0
+    return None if lo < 0 or not x.numel() else (lo, float(x.max()))
+
+
+def non_hounsfield_message(name: str, img: NdarrayOrTensor, from_item: bool, modality_key: str = "modality") -> str:
+    """One line saying that image ``name``, taken as CT (``from_item``: its datalist item says so; else by
+    ``default_modality``), is not in Hounsfield units (:func:`non_hounsfield_range`) and what to change; "" if it
+    can be."""
+    span = non_hounsfield_range(img)
+    if span is None:
+        return ""
+    if from_item:
+        why, fix = f"its item's {modality_key!r}", f"correct the item's {modality_key!r}"
+    else:
+        why, fix = "default_modality", f"set `{modality_key}` in the datalist item or `--default_modality MR`"
+    return (
+        f"image {name}: modality CT assumed ({why}) but its intensities {span[0]:g}..{span[1]:g} are not "
+        f"Hounsfield units; {fix}"
+    )
 
 
 class NormalizeIntensity01(Transform):
@@ -44,6 +82,9 @@ class NormalizeByModalityd(MapTransform):
     Items without ``modality_key`` (e.g. MONAI Label datastore records) use ``default_modality``. Images loaded from
     a file ending in one of ``picture_suffixes`` (e.g. ``.png``: exports already windowed for display, whatever the
     modality) use percentiles; the file name is the image's ``filename_or_obj`` metadata.
+
+    An image windowed as CT whose intensities cannot be Hounsfield units (:func:`non_hounsfield_range`, e.g. an MR
+    under the default ``default_modality="CT"``) is logged as a warning, once per file and process.
     """
 
     def __init__(
@@ -60,6 +101,7 @@ class NormalizeByModalityd(MapTransform):
         self.modality_key = modality_key
         self.picture_suffixes = tuple(s.lower() for s in picture_suffixes)
         self.normalizer = NormalizeIntensity01(default_modality, hu_range, percentiles)
+        self._checked: set[str] = set()  # files whose HU range was checked
 
     def _is_picture(self, img: NdarrayOrTensor) -> bool:
         source = str(getattr(img, "meta", {}).get("filename_or_obj", "")).lower()
@@ -70,6 +112,55 @@ class NormalizeByModalityd(MapTransform):
         modality = d.get(self.modality_key)
         for key in self.key_iterator(d):
             use = "picture" if self._is_picture(d[key]) else modality if isinstance(modality, str) else None
+            if str(use or self.normalizer.modality).upper() == "CT":
+                self._warn_if_not_hounsfield(d[key], from_item=use is not None)
             out = self.normalizer(d[key], use)
             d[key] = out.float() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32)
+        return d
+
+    def _warn_if_not_hounsfield(self, img: NdarrayOrTensor, from_item: bool) -> None:
+        name = str(getattr(img, "meta", {}).get("filename_or_obj", "")) or "(no file name)"
+        if name in self._checked:
+            return
+        self._checked.add(name)
+        message = non_hounsfield_message(name, img, from_item, self.modality_key)
+        if message:
+            logger.warning(message)
+
+
+class SqueezeSingletonSlice(Transform):
+    """A one-slice volume ``(C, H, W, 1)`` (a one-slice NIfTI, a single DICOM file read as a volume) becomes the 2D
+    image ``(C, H, W)``, its affine updated by MONAI's ``SqueezeDim``; 2D images pass unchanged.
+
+    Raises:
+        ValueError: a volume of several slices, naming its file (``filename_or_obj``) and shape.
+    """
+
+    backend = SqueezeDim.backend
+
+    def __init__(self) -> None:
+        self.squeeze = SqueezeDim(dim=-1)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        if img.ndim == 3:
+            return img
+        if img.ndim == 4 and img.shape[-1] == 1:
+            return self.squeeze(img)
+        name = getattr(img, "meta", {}).get("filename_or_obj", "image")
+        raise ValueError(f"{name}: spatial shape {tuple(img.shape[1:])} is not a 2D image or a one-slice volume")
+
+
+class SqueezeSingletonSliced(MapTransform):
+    """Dictionary form of :class:`SqueezeSingletonSlice`."""
+
+    backend = SqueezeSingletonSlice.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.squeeze = SqueezeSingletonSlice()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.squeeze(d[key])
         return d

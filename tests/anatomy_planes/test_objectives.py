@@ -1,11 +1,15 @@
 """Pretext and downstream objectives against hand-computed values: Eqs. 2, 5, 6, the L1 penalty, the
-prevalence-weighted BCE, Dice/ASSD per structure, the few-shot subject selection."""
+prevalence-weighted BCE, Dice/ASSD per structure, the few-shot subject selection; the line distance in mm and the
+training-mean baselines of the pretext metrics, the fixed validation shifts, the online probe's features."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.metrics import DiceMetric
 
 from scripts.finetune import (
@@ -134,3 +138,124 @@ def test_few_shot_subject_selection_and_output_names():
     assert len(select_subjects([{"image": "x"}, {"image": "y"}], 1)) == 1
     name = slice_output_name({"filename_or_obj": "/data/p001/sax/IM0003.dcm"}, None)
     assert name == {"subject": "p001_sax_IM0003", "idx": None}
+
+
+def _band(shape: tuple[int, int], point: tuple[float, float], angle_deg: float, sigma: float = 3.0) -> np.ndarray:
+    """An Eq. 1 heat-map of the line through ``point`` (array indices) at ``angle_deg`` from array axis 0."""
+    i0, i1 = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    d = np.deg2rad(angle_deg)
+    distance = (i0 - point[0]) * np.sin(d) - (i1 - point[1]) * np.cos(d)
+    return np.exp(-0.5 * (distance / sigma) ** 2)
+
+
+def test_line_distance_in_mm_between_heatmap_lines():
+    from medssl.geometry import fit_heatmap_line, heatmap_line_distance_mm
+
+    target = _band((48, 48), (20.0, 24.0), 30.0)
+    assert heatmap_line_distance_mm(target, target, spacing=2.0) < 0.3  # 0.15 px: the two fits keep different bands
+    # a parallel line 5 px away: every true point is 5 px = 10 mm from it
+    shifted = _band((48, 48), (20.0 + 5 / np.sin(np.deg2rad(30.0)), 24.0), 30.0)
+    assert heatmap_line_distance_mm(shifted, target, spacing=2.0) == pytest.approx(10.0, abs=0.3)
+    # the same line drawn as separate blobs along it still gives it; blobs off the line do not
+    blobs = target * (np.indices(target.shape).sum(0) % 12 < 3)
+    assert heatmap_line_distance_mm(blobs, target, spacing=2.0) < 1.0
+    crossing = _band((48, 48), (20.0, 24.0), 120.0)
+    assert heatmap_line_distance_mm(crossing, target, spacing=2.0) > 15.0
+    # empty, constant and non-finite predictions have no line and score the grid's diagonal, the worst value
+    diagonal = float(np.hypot(47 * 2.0, 47 * 2.0))
+    for empty in (np.zeros((48, 48)), np.full((48, 48), 0.3), np.full((48, 48), np.nan)):
+        assert fit_heatmap_line(empty) is None
+        assert heatmap_line_distance_mm(empty, target, spacing=2.0) == pytest.approx(diagonal)
+    # a target whose line misses the grid cannot be scored
+    assert np.isnan(heatmap_line_distance_mm(target, np.zeros((48, 48))))
+
+
+def test_every_metric_has_a_training_mean_baseline_twin():
+    from monai.data import Dataset
+
+    from scripts.metrics import TrainingMeans
+
+    maps = torch.from_numpy(np.stack([_band((32, 32), (16.0, 16.0), a) for a in (10.0, 100.0)])).float()
+    train = [{"heatmap": maps, "location": torch.tensor([loc])} for loc in (0.0, 0.2, 0.4)]
+    means = TrainingMeans(Dataset(train), ["heatmap", "location"], batch_size=2)
+    assert float(means["location"]) == pytest.approx(0.2)
+    torch.testing.assert_close(means["heatmap"], maps)
+
+    metrics = task_metrics(["heatmap", "location"], pixdim=1.5, means=means, loss=PretextLoss())
+    assert set(metrics) == {
+        f"val_{m}{twin}"
+        for m in ("heatmap_mse", "line_distance_mm", "location_mae", "location_r2", "loss")
+        for twin in ("", "_baseline_mean")
+    } - {"val_loss"}
+    moved = torch.from_numpy(np.stack([_band((32, 32), (16.0, 20.0), a) for a in (10.0, 100.0)])).float()
+    target = {"heatmap": moved[None], "location": torch.tensor([[0.9]])}
+    pred = {"heatmap": moved[None], "location": torch.tensor([[0.8]])}
+    engine = Engine(lambda engine, batch: batch)
+    for name, metric in metrics.items():
+        if "r2" not in name:  # R² needs two samples
+            metric.attach(engine, name)
+    values = engine.run([{"pred": pred, "label": target}]).metrics
+    assert values["val_location_mae"] == pytest.approx(0.1)
+    assert values["val_location_mae_baseline_mean"] == pytest.approx(0.7)
+    assert values["val_line_distance_mm"] < 0.1
+    # the mean maps' lines are 4 px * sin(angle) off each target line
+    expected = 1.5 * 4 * np.mean([abs(np.sin(np.deg2rad(a))) for a in (10.0, 100.0)])
+    assert values["val_line_distance_mm_baseline_mean"] == pytest.approx(expected, abs=0.3)
+    assert values["val_loss_baseline_mean"] > values["val_heatmap_mse_baseline_mean"] > 0
+
+
+def test_fixed_validation_rotation_depends_only_on_the_item():
+    from monai.data import MetaTensor
+    from monai.transforms import RandAffined
+
+    from scripts.validation import SeededPerItemd
+
+    rotate = SeededPerItemd(RandAffined("image", prob=1.0, rotate_range=[np.pi / 4], padding_mode="zeros"))
+    image = torch.rand(1, 16, 16)
+
+    def item(name: str) -> dict:
+        return {"image": MetaTensor(image.clone(), meta={"filename_or_obj": name})}
+
+    first = rotate(item("/data/p1/sax/a.dcm"))["image"]
+    rotate(item("/data/p1/sax/b.dcm"))
+    torch.testing.assert_close(rotate(item("/data/p1/sax/a.dcm"))["image"], first)
+    torch.testing.assert_close(rotate(item("/elsewhere/p1/sax/a.dcm"))["image"], first)  # the data moved
+    for other in ("/data/p1/sax/b.dcm", "/data/p2/sax/a.dcm"):
+        assert not torch.allclose(rotate(item(other))["image"], first)
+    with pytest.raises(ValueError, match="filename_or_obj"):
+        rotate({"image": MetaTensor(image)})
+
+
+def test_probe_reads_the_pooled_bottleneck_of_every_datalist_section(tmp_path):
+    import json
+
+    from scripts.probe import pooled_bottleneck, probe_items
+
+    net = PlanesPretextNet(features=(4, 8, 16), location_hidden=8).eval()
+    x = torch.rand(3, 1, 16, 16)
+    features = pooled_bottleneck(net)(x)
+    assert features.shape == (3, 16)
+    torch.testing.assert_close(features, net.encoder(x)[-1].mean(dim=(2, 3)))
+    datalist = tmp_path / "seg.json"
+    sections = {
+        "training": [{"image": "a.dcm", "label": "a.nii.gz"}],
+        "validation": [{"image": "b.dcm", "label": "b.nii.gz"}],
+    }
+    datalist.write_text(json.dumps({**sections, "name": "not a section"}))
+    assert [Path(i["image"]).name for i in probe_items(datalist)] == ["a.dcm", "b.dcm"]
+    assert probe_items(None) == []
+
+
+def test_line_figure_titles_give_each_panel_its_line_distance():
+    from scripts.figures import line_overlay_figure
+
+    maps = torch.from_numpy(np.stack([_band((32, 32), (16.0, 16.0), a) for a in (10.0, 100.0)])).float()
+    target = {"heatmap": maps, "location": torch.tensor([0.5])}
+    moved = torch.from_numpy(np.stack([_band((32, 32), (20.0, 16.0), a) for a in (10.0, 100.0)])).float()
+    preds = [{"heatmap": moved, "location": torch.tensor([0.4])}, {"heatmap": torch.zeros_like(maps)}]
+    fig = line_overlay_figure([torch.rand(1, 32, 32)] * 2, [target] * 2, preds, pixdim=2.0, suptitle="epoch 1")
+    shifted, empty = (ax.get_title() for ax in fig.axes[:2])
+    # a 4 px shift along array axis 0 moves a line at angle a by 4 * sin(a) px = 8 * sin(a) mm
+    assert shifted.startswith(f"2CH {8 * np.sin(np.deg2rad(10.0)):.1f} mm, 4CH {8 * np.sin(np.deg2rad(100.0)):.1f} mm")
+    assert "loc 0.50 / pred 0.40" in shifted
+    assert empty == f"2CH no line ({np.hypot(62, 62):.0f} mm), 4CH no line ({np.hypot(62, 62):.0f} mm)"

@@ -101,3 +101,60 @@ def test_samples_missing_from_the_memory_are_ignored():
         [prototypes(z[:1])[0]], loss_fn.assignments[:, :1]
     )
     torch.testing.assert_close(loss, only_seen)
+
+
+def test_validation_metrics_of_uniform_predictions_sit_on_their_baselines():
+    from scripts.validation import clustering_metrics
+
+    metrics = clustering_metrics(torch.zeros(5, 2, 6), torch.ones(5, 2, 3), "swav")
+    assert math.isclose(metrics["val_swav_loss"], math.log(6), rel_tol=1e-5)
+    assert math.isclose(metrics["val_swav_loss_baseline_logk"], math.log(6), rel_tol=1e-6)
+    assert math.isclose(metrics["val_assignment_entropy"], 1.0, rel_tol=1e-5)
+    assert math.isclose(metrics["val_retrieval_top1"], 0.2, rel_tol=1e-6)  # identical views: ties give chance
+    assert metrics["val_retrieval_top1_baseline_chance"] == 0.2
+
+
+def test_validation_metrics_of_agreeing_confident_views_beat_their_baselines():
+    from scripts.validation import clustering_metrics
+
+    z = torch.eye(4).unsqueeze(1).repeat(1, 2, 1)  # views of a sample agree, samples differ
+    for method in ("swav", "deepclusterv2"):
+        metrics = clustering_metrics([z * 10.0] if method != "swav" else z * 10.0, z, method)
+        assert metrics[f"val_{method}_loss"] < 0.1 * metrics[f"val_{method}_loss_baseline_logk"]
+        assert metrics["val_assignment_entropy"] < 0.01
+        assert metrics["val_retrieval_top1"] == 1.0 and metrics["val_retrieval_top1_baseline_chance"] == 0.25
+    swapped = torch.cat([z[:, :1], z.roll(1, dims=0)[:, 1:]], dim=1)  # view 1 belongs to another sample
+    assert clustering_metrics(swapped * 10.0, swapped)["val_retrieval_top1"] == 0.0
+
+
+def test_fixed_slices_spread_over_the_foreground():
+    from scripts.validation import FixedSlicesd
+
+    volume = torch.zeros(1, 4, 4, 20)
+    volume[..., 5:15] = 1.0  # slices 5..14 hold the object
+    slices = FixedSlicesd("image", num_slices=3)({"image": volume, "index": 0})
+    assert [s["image"].shape for s in slices] == [(1, 4, 4)] * 3
+    assert all(float(s["image"].mean()) == 1.0 for s in slices) and slices[0]["index"] == 0
+    assert len(FixedSlicesd("image", num_slices=3)({"image": torch.ones(1, 4, 4)})) == 1
+
+
+def test_validation_views_are_fixed_and_leave_the_training_random_streams_alone():
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandGaussianNoised
+
+    from scripts.validation import ClusteringValidation
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            z = torch.nn.functional.normalize(x.flatten(2), dim=-1)
+            return {"scores": z[..., :3], "embeddings": z}
+
+    data = [{"image": torch.rand(2, 4, 4)} for _ in range(3)]
+    loader = DataLoader(Dataset(data, Compose([RandGaussianNoised("image", prob=1.0)])), batch_size=2)
+    handler = ClusteringValidation(loader, Net(), seed=3)
+    torch.manual_seed(0)
+    first = handler.evaluate()
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert handler.evaluate() == first
+    assert torch.equal(torch.rand(1), after)

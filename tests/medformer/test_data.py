@@ -14,7 +14,7 @@ from scripts.data import (
     RandViewsd,
     TaskBatchSampler,
     TaskPrepareBatch,
-    check_medmnist,
+    check_datasets,
     npz_path,
     resolve_specs,
 )
@@ -91,27 +91,27 @@ def test_file_naming_follows_medmnist_plus():
 
 def test_data_check_names_the_file_and_the_reason(medmnist_dir, make_npz):
     specs = resolve_specs(REGISTRY, list(REGISTRY))
-    check_medmnist(medmnist_dir, specs, 28, 28)  # all fine
+    check_datasets(medmnist_dir, specs, 28, 28)  # all fine
     arrays = dict(np.load(medmnist_dir / "breastmnist.npz"))
     del arrays["val_labels"]
     np.savez(medmnist_dir / "breastmnist.npz", **arrays)
     make_npz(medmnist_dir, "organmnist3d", (28, 28, 27), 11)
     (medmnist_dir / "retinamnist.npz").unlink()
     with pytest.raises(MedMNISTDataError) as err:
-        check_medmnist(medmnist_dir, specs, 28, 28)
+        check_datasets(medmnist_dir, specs, 28, 28)
     text = str(err.value)
     assert "breastmnist.npz (dataset 'breastmnist', split 'val'): missing array(s) ['val_labels']" in text
     assert "organmnist3d.npz" in text and "shape (12, 28, 28, 27), expected (N, 28, 28, 28)" in text
     assert "retinamnist.npz" in text and "file not found" in text
     with pytest.raises(MedMNISTDataError, match=r"pathmnist_64.npz.*file not found"):
-        check_medmnist(medmnist_dir, {"pathmnist": specs["pathmnist"]}, 64, 28)
+        check_datasets(medmnist_dir, {"pathmnist": specs["pathmnist"]}, 64, 28)
 
 
 def test_labels_out_of_range_are_reported(medmnist_dir, make_npz):
     specs = resolve_specs(REGISTRY, ["breastmnist"])
     make_npz(medmnist_dir, "breastmnist", (28, 28), 3)
     with pytest.raises(MedMNISTDataError, match=r"labels outside 0..1"):
-        check_medmnist(medmnist_dir, specs, 28, 28, ["train"])
+        check_datasets(medmnist_dir, specs, 28, 28, ["train"])
 
 
 def test_proportional_batches_hold_one_dataset_and_cover_every_sample():

@@ -11,14 +11,14 @@ from medssl.runner import run_crashed_and_resumed
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "medformer"
 TINY = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_latents": 4, "latent_dim": 8, "num_task_latents": 2}
-EPOCHS, ITERS = 3, 24  # 2 datasets x 48 training samples, batches of 4
+EPOCHS, ITERS = 3, 6  # 2 datasets x 12 training samples, batches of 4
 
 
 @pytest.mark.slow
 def test_killed_pretraining_resumes_with_identical_losses(tmp_path, make_npz):
     data = tmp_path / "data"
     data.mkdir()
-    sizes = {"train": 48, "val": 4, "test": 4}
+    sizes = {"train": 12, "val": 4, "test": 4}
     make_npz(data, "breastmnist", (28, 28), 2, sizes=sizes)
     make_npz(data, "organmnist3d", (28, 28, 28), 11, sizes=sizes)
     overrides = {

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from medssl.checkpoint import CheckpointMismatchError, load_state
 from scripts.networks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     MAE_DECODER_KEYS,
     MAEClassifier,
     MAESegmenter,
@@ -21,6 +24,7 @@ from scripts.networks import (
 )
 
 LAYOUT = Path(__file__).resolve().parents[3] / "shared" / "checkpoints" / "mae_vit_base_patch16.json"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "medmae"
 ENCODER = {"img_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 64}
 DECODER = {"decoder_hidden_size": 16, "decoder_num_layers": 1, "decoder_num_heads": 2, "decoder_mlp_dim": 32}
 
@@ -80,27 +84,91 @@ def test_reference_format_round_trip(tmp_path):
     assert torch.equal(again.eval()(x, noise=noise), ref(x, noise=noise))
 
 
-def test_rgb_checkpoint_into_grayscale_model(tmp_path):
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+def imagenet_normalised(gray: torch.Tensor) -> torch.Tensor:
+    """A ``(B, 1, *S)`` grey image in [0, 1] copied to RGB and normalised per channel, as the releases were trained."""
+    shape = (1, 3) + (1,) * (gray.dim() - 2)
+    mean, std = torch.tensor(IMAGENET_MEAN).reshape(shape), torch.tensor(IMAGENET_STD).reshape(shape)
+    return (gray.expand(-1, 3, *gray.shape[2:]) - mean) / std
+
+
+@pytest.mark.parametrize(("image_mean", "image_std"), [(0.0, 1.0), (0.26, 0.32)])
+def test_rgb_checkpoint_into_grayscale_model(tmp_path, image_mean, image_std):
     ckpt = reference_checkpoint(in_channels=3)
     path = tmp_path / "pre_trained_medmae.pth"
     torch.save(ckpt, path)
     gray = tiny_mae(in_channels=1, seed=5)
-    assert load_mae_checkpoint(gray, path).complete
+    assert load_mae_checkpoint(gray, path, image_mean=image_mean, image_std=image_std).complete
     sd = ckpt["model"]
-    assert torch.equal(gray.patch_embed.proj.weight, sd["patch_embed.proj.weight"].sum(1, keepdim=True))
+    w, b = sd["patch_embed.proj.weight"].double(), sd["patch_embed.proj.bias"].double()
+    m, s = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    # (g - m_c) / s_c with g = image_std * x + image_mean, written out per channel
+    folded_w = image_std * sum(w[:, c] / s[c] for c in range(3))[:, None]
+    folded_b = b + sum(w[:, c].sum((1, 2)) * (image_mean - m[c]) / s[c] for c in range(3))
+    assert torch.allclose(gray.patch_embed.proj.weight.double(), folded_w, rtol=1e-6)
+    assert torch.allclose(gray.patch_embed.proj.bias.double(), folded_b, rtol=1e-6, atol=1e-6)
     rows = sd["decoder_pred.weight"].reshape(64, 3, -1)  # (pixel, channel) rows, channel fastest
     assert torch.allclose(gray.decoder_pred.weight, rows.mean(1))
     rgb = tiny_mae(in_channels=3, seed=6)
     rgb.load_state_dict(sd)
     rgb.eval(), gray.eval()
-    x, noise = torch.rand(2, 1, 32, 32), torch.rand(2, 16)
-    replicated = x.expand(-1, 3, -1, -1)
-    # summed weights on the gray image == RGB weights on the gray image replicated over the channels
-    assert torch.allclose(gray.patch_embed(x), rgb.patch_embed(replicated), atol=1e-5)
-    assert torch.allclose(gray.encode(x), rgb.encode(replicated), atol=1e-5)
-    pred_gray = gray(x, noise=noise)[:, 0]
-    pred_rgb = rgb(replicated, noise=noise)[:, :3].mean(1)
-    assert torch.allclose(pred_gray, pred_rgb, atol=1e-5)
+    g = torch.rand(2, 1, 32, 32)
+    x, rgb_input = (g - image_mean) / image_std, imagenet_normalised(g)
+    assert relative_error(gray.patch_embed(x), rgb.patch_embed(rgb_input)) < 1e-5
+    assert relative_error(gray.encode(x), rgb.encode(rgb_input)) < 1e-5
+    summed = sd["patch_embed.proj.weight"].sum(1, keepdim=True)  # the conversion without the normalisation
+    naive = torch.nn.functional.conv2d(x, summed, sd["patch_embed.proj.bias"], stride=8).flatten(2).transpose(1, 2)
+    assert relative_error(naive, rgb.patch_embed(rgb_input)) > 0.1
+
+
+def test_rgb_checkpoint_into_grayscale_3d_model():
+    shape = {"spatial_dims": 3, "img_size": 16}
+    sd = {k: torch.randn_like(v) * 0.1 for k, v in tiny_mae(in_channels=3, seed=1, **shape).state_dict().items()}
+    gray = tiny_mae(in_channels=1, seed=5, **shape)
+    assert load_mae_checkpoint(gray, sd, image_mean=0.26, image_std=0.32).complete
+    rgb = tiny_mae(in_channels=3, seed=6, **shape)
+    rgb.load_state_dict(sd)
+    g = torch.rand(2, 1, 16, 16, 16)
+    assert relative_error(gray.eval().encode((g - 0.26) / 0.32), rgb.eval().encode(imagenet_normalised(g))) < 1e-5
+
+
+def test_conversion_refuses_statistics_that_do_not_fit():
+    sd = reference_checkpoint(in_channels=3)["model"]
+    with pytest.raises(ValueError, match=r"3 input channels but channel_mean \(0\.5,\).*give 1 and 1 values"):
+        load_mae_checkpoint(tiny_mae(), sd, channel_mean=[0.5], channel_std=[0.25])
+    with pytest.raises(ValueError, match="std must be positive"):
+        load_mae_checkpoint(tiny_mae(), sd, channel_std=[0.2, 0.0, 0.2])
+    identity = tiny_mae()  # no normalisation to fold: the plain channel sum
+    load_mae_checkpoint(identity, sd, channel_mean=[0.0] * 3, channel_std=[1.0] * 3)
+    assert torch.allclose(identity.patch_embed.proj.weight, sd["patch_embed.proj.weight"].sum(1, keepdim=True))
+    assert torch.allclose(identity.patch_embed.proj.bias, sd["patch_embed.proj.bias"])
+
+
+def test_training_config_converts_for_its_own_preprocessing(tmp_path, samples_dir):
+    """train_classification.json: real sample through the config's preprocessing, RGB checkpoint loaded by its
+    ``initialize``; the tokens equal the RGB model's on the grey image copied to RGB and normalised per channel."""
+    sd = reference_checkpoint(in_channels=3)["model"]
+    path = tmp_path / "pre_trained_medmae.pth"
+    torch.save({"model": sd}, path)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train_classification.json"))
+    parser.update(
+        {**ENCODER, "bundle_root": str(tmp_path), "dataset_dir": str(samples_dir), "pretrained_ckpt": str(path)}
+        | {"device": "$torch.device('cpu')", "image_size": 32, "num_classes": 3}
+    )
+    parser.parse()
+    item = next(d for d in parser.get_parsed_content("validate#dataset#data") if str(d["image"]).endswith(".png"))
+    x = parser.get_parsed_content("validate#preprocessing")(item)["image"][None]
+    gray = parser.get_parsed_content("network_def")
+    parser.get_parsed_content("initialize")
+    rgb = tiny_mae(in_channels=3, seed=6)
+    rgb.load_state_dict(sd)
+    g = x * parser["intensity_std"] + parser["intensity_mean"]
+    assert g.min() > -1e-6 and g.max() < 1 + 1e-6, "the preprocessing's grey values before normalisation are in [0, 1]"
+    assert relative_error(gray.eval().encode(x), rgb.eval().encode(imagenet_normalised(g))) < 1e-5
 
 
 def test_grayscale_checkpoint_into_rgb_model():

@@ -17,6 +17,7 @@ from scripts.networks import (
     MAEClassifier,
     MAESegmenter,
     MaskedAutoencoderViT,
+    MaskedPatchBaselineLoss,
     MaskedPatchLoss,
     ViTEncoder,
     interpolate_pos_embed,
@@ -26,6 +27,7 @@ from scripts.networks import (
     sincos_position_embedding,
     unpatchify,
 )
+from scripts.pretext import FixedMaskInferer, MeanPooledFeatures
 
 LAYOUT = Path(__file__).resolve().parents[3] / "shared" / "checkpoints" / "mae_vit_base_patch16.json"
 VIT_B_MAE_RGB = 111_907_840
@@ -252,16 +254,26 @@ def test_reconstruct_panels():
     x = torch.rand(2, 1, 32, 32)
     panels = net.reconstruct(x)
     mask = panels["mask"]
-    assert set(panels) == {"image", "masked", "reconstruction", "pasted", "mask"}
+    assert set(panels) == {
+        "image",
+        "masked",
+        "reconstruction",
+        "pasted",
+        "mask",
+        "masked_loss",
+        "zero_pred_loss",
+        "visible_mean_pred_loss",
+    }
     assert torch.equal(panels["masked"], x * (1 - mask))
     assert torch.equal(panels["pasted"][mask == 0], x[mask == 0])
     assert torch.equal(panels["pasted"][mask == 1], panels["reconstruction"][mask == 1])
-    # a perfect norm-pix prediction reconstructs the image; one sample at a time (decollated) gives the same
+    # a perfect norm-pix prediction has zero loss; one sample at a time (decollated) gives the same
     target = patchify(x, 8)
     normed = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
     output = torch.cat([unpatchify(normed, 8, (4, 4)), mask], 1)
     perfect = reconstruction_panels(x, output, 8)
-    assert torch.allclose(perfect["reconstruction"], x, atol=1e-5)
+    assert torch.allclose(perfect["masked_loss"], torch.zeros(2), atol=1e-10)
+    assert perfect["zero_pred_loss"].shape == (2,) and (perfect["zero_pred_loss"] > 0.9).all()
     single = reconstruction_panels(x[1], output[1], 8)
     assert all(torch.equal(single[k], perfect[k][1]) for k in perfect)
 
@@ -350,3 +362,54 @@ def test_weight_decay_groups():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert len(param_groups_weight_decay(MAEClassifier(**ENCODER), 0.05)[0]["params"]) == 1, "frozen: head only"
+
+
+def test_baseline_losses_use_only_the_visible_patches():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    mask = torch.zeros(2, 16)
+    mask[:, 4:] = 1
+    output = torch.cat([torch.randn(2, 1, 32, 32), unpatchify(mask[..., None].expand(-1, -1, 64), 8, (4, 4))], 1)
+    target = patchify(x, 8)
+    normed = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    # the visible-mean prediction: each pixel of a patch is that pixel's mean over the 4 visible normalised patches
+    visible_mean = normed[:, :4].mean(1, keepdim=True).expand(-1, 16, -1)
+    expected = {"zero": torch.zeros_like(normed), "visible_mean": visible_mean}
+    for baseline, pred in expected.items():
+        as_output = torch.cat([unpatchify(pred, 8, (4, 4)), output[:, -1:]], 1)
+        loss = MaskedPatchBaselineLoss(8, baseline=baseline)(output, x)
+        assert loss == pytest.approx(MaskedPatchLoss(8)(as_output, x).item(), rel=1e-5), baseline
+    # hidden pixels change the targets the baselines are scored on, never the baselines' predictions
+    hidden = torch.where(output[:, -1:] == 1, torch.rand(2, 1, 32, 32), x)
+    changed = MaskedPatchBaselineLoss(8, baseline="visible_mean")(output, hidden)
+    stale = torch.cat([unpatchify(visible_mean, 8, (4, 4)), output[:, -1:]], 1)
+    assert changed == pytest.approx(MaskedPatchLoss(8)(stale, hidden).item(), rel=1e-5)
+    panels = reconstruction_panels(x, output, 8)
+    for b in range(2):
+        one = MaskedPatchBaselineLoss(8, baseline="visible_mean")(output[b : b + 1], x[b : b + 1])
+        assert panels["visible_mean_pred_loss"][b] == pytest.approx(one.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        MaskedPatchBaselineLoss(8, baseline="mean")
+
+
+def test_fixed_mask_inferer_masks_each_batch_row_the_same_at_every_call():
+    net = tiny_mae().eval()
+    inferer = FixedMaskInferer(patch_size=8, seed=3)
+    x = torch.rand(3, 1, 32, 32)
+    first, again = inferer(x, net), inferer(torch.rand(3, 1, 32, 32), net)
+    assert torch.equal(first[:, -1], again[:, -1])
+    assert not torch.equal(first[0, -1], first[1, -1]), "rows of a batch get different masks"
+    assert (patchify(first[:, -1:], 8)[..., 0].sum(1) == 12).all()  # 75 % of 16 patches
+    assert not torch.equal(FixedMaskInferer(8, seed=4)(x, net)[:, -1], first[:, -1])
+    assert torch.equal(inferer(x[:2], net)[:, -1], first[:2, -1]), "row j's mask does not depend on the batch size"
+
+
+def test_mean_pooled_features_are_the_unmasked_encoder_tokens_averaged():
+    net = tiny_mae()
+    x = torch.rand(3, 1, 32, 32)
+    features = MeanPooledFeatures(net)(x)
+    assert features.shape == (3, 32) and not features.requires_grad
+    assert torch.allclose(features, net.encode(x)[:, 1:].mean(1))
+    wrapped = torch.nn.Module()
+    wrapped.module = net
+    assert torch.allclose(MeanPooledFeatures(wrapped)(x), features)

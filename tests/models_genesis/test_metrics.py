@@ -1,4 +1,4 @@
-"""ThresholdedMeanIoU: the official two-class mean IoU averaged over thresholds 0.50 ... 0.95."""
+"""ThresholdedMeanIoU (the official thresholded two-class mean IoU); RestorationMSE and its trivial baselines."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from ignite.exceptions import NotComputableError
 
-from scripts.metrics import DEFAULT_THRESHOLDS, ThresholdedMeanIoU, ThresholdedMeanIoUHandler, confusion_counts
+from scripts.metrics import (
+    DEFAULT_THRESHOLDS,
+    RestorationMSE,
+    ThresholdedMeanIoU,
+    ThresholdedMeanIoUHandler,
+    confusion_counts,
+    restoration_metrics,
+)
 
 # four voxels: probabilities and labels
 PRED = torch.tensor([0.9, 0.6, 0.2, 0.1]).view(1, 1, 4, 1)
@@ -128,3 +136,48 @@ def test_ignite_handler():
     target = torch.cat([b[1] for b in batches])
     assert engine.state.metrics["mean_iou_thr"] == pytest.approx(tf_mean_iou_reference(pred.numpy(), target.numpy()))
     assert engine.state.metric_details["mean_iou_thr"].shape == (3, 10, 4)
+
+
+def _pair(image: list[float], label: list[float], pred: list[float], group: str) -> dict:
+    as_volume = lambda values: torch.tensor(values).view(1, len(values), 1, 1)  # noqa: E731
+    return {"image": as_volume(image), "label": as_volume(label), "pred": as_volume(pred), "group": group}
+
+
+def test_restoration_mse_and_baselines_hand_computed():
+    batches = [
+        [_pair([1.0, 0.0], [0.0, 0.0], [0.5, 0.0], "all"), _pair([9.0, 9.0], [9.0, 9.0], [0.0, 0.0], "shuffle")],
+        [_pair([0.0, 1.0], [1.0, 1.0], [1.0, 0.5], "all")],
+    ]
+    engine = Engine(lambda e, batch: batch)
+    RestorationMSE("all").attach(engine, "val_mse")
+    for name, metric in restoration_metrics(["all", "shuffle"]).items():
+        metric.attach(engine, name)
+    engine.run(batches, max_epochs=1)
+    m = engine.state.metrics
+    # "all": targets (0, 0, 1, 1); errors of pred (0.5, 0, 0, -0.5), of the input (1, 0, -1, 0); target mean 0.5
+    assert m["val_mse"] == pytest.approx((0.25 + 0.25) / 4)
+    assert m["val_mse_baseline_identity"] == pytest.approx(2 / 4)
+    assert m["val_mse_baseline_mean"] == pytest.approx(0.25)
+    # "shuffle": the input equals the target, the network predicts 0 instead of 9, the targets are constant
+    assert m["val_mse_shuffle"] == pytest.approx(81.0)
+    assert m["val_mse_shuffle_baseline_identity"] == 0.0
+    assert m["val_mse_shuffle_baseline_mean"] == pytest.approx(0.0)
+    assert sorted(m) == sorted(
+        ["val_mse", "val_mse_baseline_identity", "val_mse_baseline_mean"]
+        + ["val_mse_shuffle", "val_mse_shuffle_baseline_identity", "val_mse_shuffle_baseline_mean"]
+    ), "the main group's network MSE is the key metric, not an additional one"
+
+
+def test_restoration_mse_resets_every_epoch_and_needs_its_group():
+    engine = Engine(lambda e, batch: batch)
+    RestorationMSE("all").attach(engine, "val_mse")
+    engine.run([[_pair([0.0], [1.0], [0.0], "all")]], max_epochs=1)
+    assert engine.state.metrics["val_mse"] == 1.0
+    engine.run([[_pair([0.0], [1.0], [1.0], "all")]], max_epochs=1)
+    assert engine.state.metrics["val_mse"] == 0.0, "the previous epoch's errors are not carried over"
+    with pytest.raises(NotComputableError, match="inpaint"):
+        metric = RestorationMSE("inpaint")
+        metric.update([_pair([0.0], [1.0], [1.0], "all")])
+        metric.compute()
+    with pytest.raises(ValueError, match="baseline"):
+        RestorationMSE("all", baseline="zero")

@@ -1,5 +1,6 @@
-"""Pictures: predicted vs target intersecting lines on the input slices (PNG and TensorBoard), and the geometry
-figure of docs/README.md (``python -m scripts.figures --samples data/samples --out docs/geometry.png``)."""
+"""Pictures: predicted vs target intersecting lines on the input slices, with the line distance of each panel and
+the epoch's metrics vs their baselines (PNG and TensorBoard), and the geometry figure of docs/README.md
+(``python -m scripts.figures --samples data/samples --out docs/geometry.png``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ignite.engine import Engine, Events  # noqa: E402
 
 from scripts.pretext import batch_outputs  # noqa: E402
 
-__all__ = ["LineOverlaySaver", "geometry_figure", "line_overlay_figure"]
+__all__ = ["LineOverlaySaver", "geometry_figure", "line_overlay_figure", "metrics_title"]
 
 COLOURS = ("tab:red", "tab:cyan")
 
@@ -30,35 +31,73 @@ def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
+def _draw_line(
+    ax: plt.Axes, line: tuple[np.ndarray, np.ndarray], shape: Sequence[int], spacing: float | Sequence[float], **kw
+) -> None:
+    """A line (mm, array axes) on an ``imshow(... .T, origin="lower")`` panel: array axis 0 is x."""
+    from medssl.geometry import grid_line_points
+
+    points = grid_line_points(line, shape, spacing) / np.broadcast_to(np.asarray(spacing, dtype=float), (2,))
+    if len(points):
+        ax.plot(points[[0, -1], 0], points[[0, -1], 1], **kw)
+
+
 def line_overlay_figure(
     images: Sequence[Any],
     targets: Sequence[dict[str, Any]],
     preds: Sequence[dict[str, Any]],
     names: Sequence[str] = ("2CH", "4CH"),
     level: float = 0.5,
-    line_level: float = 0.98,
+    target_level: float = 0.9,
+    pixdim: float | Sequence[float] = 1.0,
+    suptitle: str | None = None,
 ) -> plt.Figure:
-    """One panel per sample: the image, the target lines (dashed: the crest of each target heat-map, its contour at
-    ``line_level``), the predicted heat-maps (solid: contour at ``level``, the band around the predicted line) and,
-    when present, target vs predicted relative location."""
-    fig, axes = plt.subplots(1, len(images), figsize=(max(3.0 * len(images), 6.0), 3.4), squeeze=False)
+    """One panel per sample: the image, the target lines (dashed: fitted to each target heat-map's crest above
+    ``target_level``), the lines fitted to the predicted heat-maps (solid; :func:`medssl.geometry.fit_heatmap_line`
+    on the pixels above ``level`` times the maximum, contoured dotted) with their distances in mm to the target
+    lines in the title (as ``val_line_distance_mm``), and, when present, target vs predicted relative location."""
+    from medssl.geometry import fit_heatmap_line, heatmap_line_distance_mm
+
+    fig, axes = plt.subplots(1, len(images), figsize=(max(3.0 * len(images), 6.0), 3.6), squeeze=False)
     for ax, image, target, pred in zip(axes[0], images, targets, preds, strict=True):
         ax.imshow(_np(image)[0].T, cmap="gray", origin="lower")
+        title = []
         for k, colour in enumerate(COLOURS[: len(names)]):
-            for maps, style, at in ((target, "--", line_level), (pred, "-", level)):
-                if "heatmap" in maps:
-                    hm = _np(maps["heatmap"])[k].T
-                    if hm.max() > at > hm.min():
-                        ax.contour(hm, levels=[at], colors=colour, linestyles=style, linewidths=1.0)
+            if "heatmap" in pred:
+                hm = _np(pred["heatmap"])[k]
+                if hm.max() > level * hm.max() > hm.min():
+                    ax.contour(hm.T, levels=[level * hm.max()], colors=colour, linestyles=":", linewidths=0.8)
+            for maps, style, at in ((target, "--", target_level), (pred, "-", level)):
+                line = fit_heatmap_line(_np(maps["heatmap"])[k], at, pixdim) if "heatmap" in maps else None
+                if line is not None:
+                    _draw_line(ax, line, _np(maps["heatmap"]).shape[1:], pixdim, color=colour, ls=style, lw=1.2)
+            if "heatmap" in target and "heatmap" in pred:
+                p_map, t_map = _np(pred["heatmap"])[k], _np(target["heatmap"])[k]
+                distance = heatmap_line_distance_mm(p_map, t_map, level, pixdim, target_level)
+                empty = fit_heatmap_line(p_map, level, pixdim) is None
+                title.append(f"{names[k]} no line ({distance:.0f} mm)" if empty else f"{names[k]} {distance:.1f} mm")
         if "location" in target and "location" in pred:
             loc_t, loc_p = float(_np(target["location"]).ravel()[0]), float(_np(pred["location"]).ravel()[0])
-            ax.set_title(f"location {loc_t:.2f} / pred {loc_p:.2f}", fontsize=8)
+            title.append(f"loc {loc_t:.2f} / pred {loc_p:.2f}")
+        ax.set_title("\n".join([", ".join(title[:2]), *title[2:]]) if title else "", fontsize=8)
         ax.set_axis_off()
-    labels = [f"{n} (dashed: target line, solid: predicted heat-map at {level:g})" for n in names]
+    labels = [f"{n} (dashed: target line, solid: predicted line, dotted: prediction at {level:g} x max)" for n in names]
     handles = [plt.Line2D([], [], color=c) for c in COLOURS[: len(names)]]
-    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=len(names))
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.93 if suptitle else 1))
     return fig
+
+
+def metrics_title(metrics: dict[str, Any], names: Sequence[str] = ("val_line_distance_mm", "val_location_mae")) -> str:
+    """``name value (training mean: baseline)`` of the metrics present, for a figure's title."""
+    parts = [
+        f"{n[4:]} {metrics[n]:.3g} (training mean: {metrics[n + '_baseline_mean']:.3g})"
+        for n in names
+        if n in metrics and n + "_baseline_mean" in metrics
+    ]
+    return "; ".join(parts)
 
 
 class LineOverlaySaver:
@@ -72,6 +111,10 @@ class LineOverlaySaver:
         prefix: file name prefix and TensorBoard tag.
         reference_names: names of the heat-map channels.
         tensorboard: also write the figure to TensorBoard.
+        pixdim: pixel size in mm of the heat-map grid (line distances in the panel titles).
+
+    The title gives the epoch's line distance and location MAE next to their training-mean baselines (from the
+    evaluator's metrics, :func:`scripts.pretext.task_metrics`).
     """
 
     def __init__(
@@ -82,9 +125,10 @@ class LineOverlaySaver:
         prefix: str = "lines",
         reference_names: Sequence[str] = ("2CH", "4CH"),
         tensorboard: bool = True,
+        pixdim: float | Sequence[float] = 1.0,
     ) -> None:
         self.output_dir, self.max_samples, self.interval, self.prefix = output_dir, max_samples, interval, prefix
-        self.reference_names, self.tensorboard = tuple(reference_names), tensorboard
+        self.reference_names, self.tensorboard, self.pixdim = tuple(reference_names), tensorboard, pixdim
         self._writer = None
         self.saved: list[str] = []
 
@@ -97,10 +141,15 @@ class LineOverlaySaver:
         images = [o["image"] for o in images] if images is not None else engine.state.output["image"]
         n = min(self.max_samples, len(images))
         per_sample = [({k: v[i] for k, v in target.items()}, {k: v[i] for k, v in pred.items()}) for i in range(n)]
-        fig = line_overlay_figure(
-            images[:n], [t for t, _ in per_sample], [p for _, p in per_sample], self.reference_names
-        )
         epoch = engine.state.epoch  # a validator run by MONAI's ValidationHandler has the trainer's epoch
+        fig = line_overlay_figure(
+            images[:n],
+            [t for t, _ in per_sample],
+            [p for _, p in per_sample],
+            self.reference_names,
+            pixdim=self.pixdim,
+            suptitle=f"epoch {epoch}: {metrics_title(engine.state.metrics)}",
+        )
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{self.prefix}_epoch{epoch:04d}.png")
         fig.savefig(path + ".tmp.png", dpi=80)

@@ -18,6 +18,7 @@ __all__ = [
     "PrevalenceWeightedBCE",
     "class_output",
     "label_maps",
+    "segmentation_metrics",
     "select_subjects",
     "slice_output_name",
 ]
@@ -133,6 +134,36 @@ class ASSD(IgniteMetricHandler):
         metric = _SpacedSurfaceDistance(spacing, include_background=include_background, reduction="mean")
         transform = output_transform or from_engine(["pred", "label"])
         super().__init__(metric_fn=metric, output_transform=transform, save_details=save_details)
+
+
+def segmentation_metrics(
+    num_classes: int, spacing: float | Sequence[float], class_names: Sequence[str] | None = None
+) -> dict[str, IgniteMetricHandler]:
+    """Validation metrics besides ``val_mean_dice``: ``val_dice_<name>`` per structure, ``val_mean_assd`` and
+    ``val_assd_<name>`` (mm on a grid of ``spacing`` mm), for one-hot ``pred``/``label`` of ``num_classes`` channels.
+
+    Args:
+        num_classes: classes including the background (channel 0).
+        spacing: pixel size of the grid the ASSD is computed on.
+        class_names: one name per foreground class (channels 1 .. num_classes - 1); default ``"1", "2", ...``.
+
+    Raises:
+        ValueError: ``class_names`` does not have ``num_classes - 1`` names.
+    """
+    from monai.handlers import MeanDice
+
+    names = [str(c) for c in range(1, num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes - 1:
+        raise ValueError(
+            f"class_names {names} has {len(names)} name(s); num_classes {num_classes} needs {num_classes - 1} "
+            "(one per class after the background)"
+        )
+    dice = {
+        f"val_dice_{n}": MeanDice(include_background=False, output_transform=class_output(c))
+        for c, n in enumerate(names, 1)
+    }
+    assd = {f"val_assd_{n}": ASSD(spacing, output_transform=class_output(c)) for c, n in enumerate(names, 1)}
+    return {**dice, "val_mean_assd": ASSD(spacing), **assd}
 
 
 def select_subjects(items: Sequence[dict], num_subjects: int | None) -> list[dict]:

@@ -13,7 +13,7 @@ a ``label`` key).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.metrics import Metric
@@ -21,11 +21,15 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.engines.utils import PrepareBatch
 from torch import nn
 
+if TYPE_CHECKING:
+    from scripts.metrics import TrainingMeans
+
 __all__ = [
     "PretextLoss",
     "PretextLossMetric",
     "PretextPrepareBatch",
     "batch_outputs",
+    "mean_outputs",
     "task_metrics",
     "task_output",
 ]
@@ -97,11 +101,24 @@ def batch_outputs(output: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch
     return pred, target
 
 
-def task_output(task: str) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
-    """Output transform giving ``(pred, target)`` of one task, for MONAI/Ignite metrics (e.g. MeanAbsoluteError)."""
+def mean_outputs(means: TrainingMeans) -> Callable[[Any], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Output transform giving :func:`batch_outputs` with every prediction replaced by the training-mean target
+    (the trivial baseline of the metrics)."""
+
+    def transform(output: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        pred, target = batch_outputs(output)
+        return {task: means[task].to(value).expand_as(value) for task, value in pred.items()}, target
+
+    return transform
+
+
+def task_output(task: str, means: TrainingMeans | None = None) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
+    """Output transform giving ``(pred, target)`` of one task, for MONAI/Ignite metrics (e.g. MeanAbsoluteError);
+    with ``means``, the training-mean target stands in for the prediction."""
+    outputs = batch_outputs if means is None else mean_outputs(means)
 
     def transform(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        pred, target = batch_outputs(output)
+        pred, target = outputs(output)
         return pred[task], target[task].reshape(pred[task].shape).to(pred[task].dtype)
 
     return transform
@@ -138,15 +155,38 @@ class PretextLossMetric(Metric):
         return float(self._sum) / self._count
 
 
-def task_metrics(tasks: Sequence[str]) -> dict[str, Any]:
-    """Validation metrics of each task besides the loss: heat-map MSE; location MAE and R² (paper Table 2)."""
+def task_metrics(
+    tasks: Sequence[str],
+    pixdim: float | Sequence[float] | None = None,
+    means: TrainingMeans | None = None,
+    loss: PretextLoss | None = None,
+    line_level: float = 0.5,
+) -> dict[str, Any]:
+    """Validation metrics of each task besides the loss: heat-map MSE and, given the grid's ``pixdim``, the line
+    distance in mm (:class:`scripts.metrics.LineDistance`); location MAE and R² (paper Table 2).
+
+    Given the training ``means``, every metric (and the ``loss``, when given) gets a ``<name>_baseline_mean`` twin:
+    the same metric of the training-mean target used as the prediction.
+    """
+    from functools import partial
+
     from ignite.metrics.regression import R2Score
     from monai.handlers import MeanAbsoluteError, MeanSquaredError
 
-    metrics: dict[str, Any] = {}
+    from scripts.metrics import LineDistance
+
+    makers: dict[str, tuple[Callable[..., Any], str]] = {}
     if "heatmap" in tasks:
-        metrics["val_heatmap_mse"] = MeanSquaredError(output_transform=task_output("heatmap"))
+        makers["val_heatmap_mse"] = (MeanSquaredError, "heatmap")
+        if pixdim is not None:
+            makers["val_line_distance_mm"] = (partial(LineDistance, pixdim, line_level), "heatmap")
     if "location" in tasks:
-        metrics["val_location_mae"] = MeanAbsoluteError(output_transform=task_output("location"))
-        metrics["val_location_r2"] = R2Score(output_transform=task_output("location"))
+        makers["val_location_mae"] = (MeanAbsoluteError, "location")
+        makers["val_location_r2"] = (R2Score, "location")
+    metrics: dict[str, Any] = {name: make(output_transform=task_output(task)) for name, (make, task) in makers.items()}
+    if means is not None:
+        for name, (make, task) in makers.items():
+            metrics[f"{name}_baseline_mean"] = make(output_transform=task_output(task, means))
+        if loss is not None:
+            metrics["val_loss_baseline_mean"] = PretextLossMetric(loss, output_transform=mean_outputs(means))
     return metrics

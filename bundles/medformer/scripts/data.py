@@ -1,9 +1,11 @@
-"""MedMNIST v2 / MedMNIST+ data for Medformer: dataset registry, ``.npz`` reading and checks, multi-task sampling.
+"""Data for Medformer: dataset registry, MedMNIST ``.npz`` and MSD-style datalist reading and checks, multi-task
+sampling.
 
 Every dataset is described by a :class:`DatasetSpec` (dimensionality, channels, task type, label names, modality and
 body part). Official MedMNIST subsets take their task, labels and channels from the ``medmnist`` package's ``INFO``
 (nothing is downloaded); the config's ``dataset_registry`` adds the modality and body-part latents and may define
-new datasets in the same ``.npz`` layout (``{split}_images``, ``{split}_labels``).
+new datasets, either in the same ``.npz`` layout (``{split}_images``, ``{split}_labels``) or as a datalist of image
+files (``{"training": [{"image": "a.png", "label": 2}, ...], "validation": [...], "test": [...]}``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.engines.utils import PrepareBatch
-from monai.transforms import Affine, MapTransform, Randomizable, Transform
+from monai.transforms import Affine, Compose, MapTransform, Randomizable, Transform
 
-from medssl.data import RobustDataset
+from medssl.data import RobustDataset, check_datalist, load_datalist
+from scripts.loading import LoadMedformerImaged
 
 __all__ = [
+    "DATALIST_SECTIONS",
     "TASK_TYPES",
+    "DatalistSplit",
     "DatasetSpec",
     "MedMNISTDataError",
     "MultiTaskDataset",
@@ -37,7 +42,7 @@ __all__ = [
     "SamplerEpochSetter",
     "TaskBatchSampler",
     "TaskPrepareBatch",
-    "check_medmnist",
+    "check_datasets",
     "dataset_for",
     "medmnist_info",
     "network_domains",
@@ -48,6 +53,7 @@ __all__ = [
 
 TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
 SPLITS = ("train", "val", "test")
+DATALIST_SECTIONS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def medmnist_info() -> dict[str, dict]:
@@ -69,6 +75,8 @@ class DatasetSpec:
         labels: class (or label) names, in index order.
         modality: modality latent, e.g. ``"ct"``.
         body_part: body-part latent, e.g. ``"abdomen"``.
+        datalist: MSD-style datalist of the dataset's image files (relative to the data folder, or absolute); empty
+            for a MedMNIST ``.npz`` dataset.
     """
 
     name: str
@@ -78,6 +86,7 @@ class DatasetSpec:
     labels: tuple[str, ...]
     modality: str
     body_part: str
+    datalist: str = ""
 
     def num_outputs(self, ordinal_mode: str = "ce") -> int:
         """Logits of the task head: one per class or label; one for binary tasks and for ordinal ``"mse"``."""
@@ -93,12 +102,18 @@ class DatasetSpec:
 def resolve_specs(registry: Mapping[str, Mapping], names: Sequence[str]) -> dict[str, DatasetSpec]:
     """Specs of ``names``: ``INFO`` for official subsets, completed or overridden by ``registry[name]``.
 
-    A dataset unknown to MedMNIST must give ``dim``, ``n_channels``, ``task`` and ``labels`` itself.
+    A dataset unknown to MedMNIST must give ``dim``, ``n_channels``, ``task`` and ``labels`` (class names) itself;
+    a datalist dataset (``datalist`` given) may give ``num_classes`` instead of ``labels`` (names ``"0"``, ``"1"``...)
+    and has one channel unless ``n_channels`` says otherwise.
     """
     info = medmnist_info()
     specs = {}
     for name in names:
         entry = {**_info_entry(info.get(name)), **dict(registry.get(name, {}))}
+        if entry.get("datalist"):
+            entry.setdefault("n_channels", 1)
+            if "labels" not in entry and "num_classes" in entry:
+                entry["labels"] = [str(k) for k in range(int(entry["num_classes"]))]
         missing = [k for k in ("dim", "n_channels", "task", "labels", "modality", "body_part") if k not in entry]
         if missing:
             raise ValueError(f"dataset '{name}': no {missing} in dataset_registry (and not an official MedMNIST set)")
@@ -114,7 +129,10 @@ def resolve_specs(registry: Mapping[str, Mapping], names: Sequence[str]) -> dict
             labels=tuple(labels),
             modality=entry["modality"],
             body_part=entry["body_part"],
+            datalist=str(entry.get("datalist", "")),
         )
+        if "num_classes" in entry and int(entry["num_classes"]) != len(labels):
+            raise ValueError(f"dataset '{name}': num_classes {entry['num_classes']} but {len(labels)} labels")
     return specs
 
 
@@ -144,7 +162,7 @@ def network_tasks(specs: Mapping[str, DatasetSpec], ordinal_mode: str = "ce") ->
 
 
 class MedMNISTDataError(ValueError):
-    """A MedMNIST ``.npz`` file is missing or does not hold what its dataset spec says."""
+    """A dataset's ``.npz`` file or datalist is missing or does not hold what its dataset spec says."""
 
 
 def npz_path(root: str | Path, name: str, size: int) -> Path:
@@ -215,6 +233,7 @@ class NpzSplit(Sequence):
         image = np.moveaxis(image, -1, 0) if image.ndim == 3 and self.spec.dim == 2 else image[None]
         item = {
             "image": np.ascontiguousarray(image),
+            "source": f"{self.path.name}:{self.split}_images[{index}]",
             "dataset": self.spec.name,
             "dim": f"{self.spec.dim}d",
             "modality": self.spec.modality,
@@ -227,29 +246,124 @@ class NpzSplit(Sequence):
         return item
 
 
-def check_medmnist(
+class DatalistSplit(Sequence):
+    """One section of an MSD-style datalist as sample dicts; the images are read by :class:`LoadMedformerImaged`.
+
+    Items: ``image`` (absolute path, also in ``source``), ``label`` as :class:`NpzSplit` gives it (from a class
+    index in the datalist, or a list of 0/1 per label for multi-label tasks), and the sample's ``dataset``, ``dim``,
+    ``modality`` (the item's own ``modality``, e.g. ``"CT"``, else the dataset's) and ``body_part``.
+
+    Raises:
+        MedMNISTDataError: the datalist or the section is missing, or (``with_labels``) labels are missing or do not
+            fit the task; one message lists every such item.
+    """
+
+    def __init__(self, path: str | Path, section: str, spec: DatasetSpec, with_labels: bool = True) -> None:
+        self.path, self.section, self.spec = Path(path), section, spec
+        where = f"{self.path} (dataset '{spec.name}', section '{section}')"
+        try:
+            items = load_datalist(self.path, section)
+        except (OSError, ValueError) as err:
+            raise MedMNISTDataError(f"{where}: {err}") from err
+        problems = [f"[{i}]: no 'image'" for i, item in enumerate(items) if not item.get("image")]
+        self.labels: list[Any] = []
+        if with_labels:
+            for i, item in enumerate(items):
+                label, why = self._label(item.get("label"))
+                self.labels.append(label)
+                if why:
+                    problems.append(f"[{i}] {item.get('image')}: {why}")
+        if not items:
+            problems.append("no items")
+        if problems:
+            raise MedMNISTDataError(f"{where}:\n    " + "\n    ".join(problems))
+        self.with_labels = with_labels
+        self.items = items
+
+    def _label(self, value: Any) -> tuple[Any, str]:
+        count, task = len(self.spec.labels), self.spec.task
+        if task == "multi-label, binary-class":
+            if isinstance(value, list) and len(value) == count and all(_is_index(v) and v in (0, 1) for v in value):
+                return np.asarray(value, dtype=np.float32), ""
+            return None, f"label {value!r} is not a list of {count} values 0 or 1 (one per label)"
+        if not (_is_index(value) and 0 <= value < count):
+            return None, f"label {value!r} is not a class index 0..{count - 1} ({task})"
+        return (np.int64(value), "") if task != "binary-class" else (np.asarray([value], dtype=np.float32), "")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        item = self.items[index]
+        out = {
+            "image": item["image"],
+            "source": item["image"],
+            "dataset": self.spec.name,
+            "dim": f"{self.spec.dim}d",
+            "modality": str(item.get("modality", self.spec.modality)),
+            "body_part": self.spec.body_part,
+        }
+        if self.with_labels:
+            out["label"] = self.labels[index]
+        return out
+
+
+def _is_index(value: Any) -> bool:
+    return (
+        isinstance(value, (int, np.integer))
+        and not isinstance(value, bool)
+        or (isinstance(value, float) and value.is_integer())
+    )
+
+
+def check_datasets(
     root: str | Path, specs: Mapping[str, DatasetSpec], size_2d: int, size_3d: int, splits: Sequence[str] = SPLITS
 ) -> None:
-    """Read every split of every dataset before training; raise one :class:`MedMNISTDataError` listing all problems."""
+    """Read every split of every dataset before training; raise one :class:`MedMNISTDataError` listing all problems.
+
+    ``.npz`` datasets: file, arrays, shapes and labels (:class:`NpzSplit`). Datalist datasets: sections and labels
+    (:class:`DatalistSplit`), then every image file with ``medssl.data.check_datalist`` (present, readable, finite,
+    of the dataset's dimensionality and channels).
+    """
     problems = []
     for spec in specs.values():
         for split in splits:
             try:
-                NpzSplit(root, spec, split, size_3d if spec.dim == 3 else size_2d)
+                if spec.datalist:
+                    DatalistSplit(Path(root) / spec.datalist, DATALIST_SECTIONS[split], spec)
+                else:
+                    NpzSplit(root, spec, split, size_3d if spec.dim == 3 else size_2d)
             except MedMNISTDataError as err:
                 problems.append(str(err))
+            if spec.datalist:
+                problems += _datalist_file_problems(Path(root) / spec.datalist, spec, DATALIST_SECTIONS[split])
     if problems:
-        raise MedMNISTDataError(f"{len(problems)} problem(s) with the MedMNIST files:\n  " + "\n  ".join(problems))
+        raise MedMNISTDataError(f"{len(problems)} problem(s) with the datasets:\n  " + "\n  ".join(problems))
+
+
+def _datalist_file_problems(path: Path, spec: DatasetSpec, section: str) -> list[str]:
+    """Errors of the section's image files; a missing or unreadable datalist or section is reported by
+    :class:`DatalistSplit`."""
+    try:
+        found = check_datalist(
+            path, keys=["image"], spatial_dims=spec.dim, num_channels=spec.n_channels, sections=[section]
+        )
+    except (OSError, ValueError):
+        return []
+    return [f"dataset '{spec.name}': {p}" for p in found if p.severity == "error" and p.key != "-"]
 
 
 class MultiTaskDataset(torch.utils.data.ConcatDataset):
     """The splits of several datasets concatenated; each with the 2D or 3D transform chain of its dimensionality.
 
+    A datalist dataset's images are first read by :class:`LoadMedformerImaged` (at ``size_2d`` or ``size_3d``), so
+    that the transform chains see what an ``.npz`` sample holds.
+
     Args:
         data: dataset names (in this order; the index ranges follow it).
         specs: their specs (:func:`resolve_specs`).
-        root: folder of the ``.npz`` files.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        root: folder of the ``.npz`` files (and of relative datalist paths).
+        split: ``"train"``, ``"val"`` or ``"test"`` (datalist sections ``training``, ``validation``, ``test``).
         size_2d: image size of the 2D sets (28, 64, 128 or 224).
         size_3d: image size of the 3D sets (28 or 64).
         transform_2d: transform of 2D samples.
@@ -275,9 +389,15 @@ class MultiTaskDataset(torch.utils.data.ConcatDataset):
         parts = []
         for name in self.names:
             spec = specs[name]
-            items = NpzSplit(root, spec, split, size_3d if spec.dim == 3 else size_2d, with_labels)
+            size = size_3d if spec.dim == 3 else size_2d
             transform = transform_3d if spec.dim == 3 else transform_2d
-            parts.append(RobustDataset(items, transform, skip_bad_samples=skip_bad_samples, path_keys=("dataset",)))
+            if spec.datalist:
+                items: Sequence = DatalistSplit(Path(root) / spec.datalist, DATALIST_SECTIONS[split], spec, with_labels)
+                load = LoadMedformerImaged("image", spec.dim, size)
+                transform = Compose([load, transform]) if transform is not None else load
+            else:
+                items = NpzSplit(root, spec, split, size, with_labels)
+            parts.append(RobustDataset(items, transform, skip_bad_samples=skip_bad_samples, path_keys=("source",)))
         super().__init__(parts)
 
     @property
@@ -300,7 +420,9 @@ class TaskBatchSampler(torch.utils.data.Sampler):
     Under DDP (``num_replicas > 1``) all processes build the same sequence of global batches of
     ``batch_size * num_replicas`` samples and each takes its own slice, so a global batch still holds one dataset;
     a dataset's last, partial global batch is completed with its first samples (as ``DistributedSampler`` pads), so
-    that every process runs the same number of steps.
+    that every process runs the same number of steps. In one process, a dataset's leftover of fewer than
+    ``min_batch_size`` samples joins that dataset's previous batch (every sample is still seen once per epoch):
+    VICReg's variance and covariance of a one-sample batch are NaN, so pre-training uses ``min_batch_size=2``.
     :class:`SamplerEpochSetter` gives each epoch a new, reproducible order (seeded by ``seed`` and the trainer's
     epoch, hence restored exactly by a resumed run).
     """
@@ -315,9 +437,19 @@ class TaskBatchSampler(torch.utils.data.Sampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        min_batch_size: int = 1,
+        names: Sequence[str] | None = None,
     ) -> None:
         if sampling not in ("proportional", "balanced"):
             raise ValueError(f"sampling must be 'proportional' or 'balanced', got '{sampling}'")
+        if batch_size < min_batch_size:
+            raise ValueError(f"batch_size {batch_size} is below the minimum batch size {min_batch_size}")
+        names = list(names) if names is not None else [f"#{i}" for i in range(len(sizes))]
+        small = [f"'{n}' ({s})" for n, s in zip(names, sizes) if 0 < s < min_batch_size]
+        if small:
+            raise ValueError(
+                f"dataset(s) {', '.join(small)}: fewer samples than the minimum batch size {min_batch_size}"
+            )
         self.sizes = list(sizes)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -326,6 +458,7 @@ class TaskBatchSampler(torch.utils.data.Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
+        self.min_batch_size = min_batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -348,19 +481,27 @@ class TaskBatchSampler(torch.utils.data.Sampler):
                 order = torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])[:per_set]
             order = order + int(offset)
             full = len(order) // step * step
-            batches += list(order[:full].split(step))
-            if full < len(order) and not self.drop_last:
-                rest = order[full:]
+            own = list(order[:full].split(step))
+            rest = order[full:]
+            if len(rest) and not self.drop_last:
                 if self.num_replicas > 1:  # every process must run the same number of steps (collectives)
-                    rest = torch.cat([rest, order.repeat(math.ceil(step / len(order)))[: step - len(rest)]])
-                batches.append(rest)
+                    own.append(torch.cat([rest, order.repeat(math.ceil(step / len(order)))[: step - len(rest)]]))
+                elif len(rest) < self.min_batch_size and own:
+                    own[-1] = torch.cat([own[-1], rest])
+                else:
+                    own.append(rest)
+            batches += own
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._global_batches():
-            mine = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            mine = (
+                batch
+                if self.num_replicas == 1
+                else batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            )
             if len(mine):
                 yield mine.tolist()
 

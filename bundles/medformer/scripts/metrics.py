@@ -1,4 +1,5 @@
-"""Per-task ACC and AUC with the official ``medmnist.Evaluator`` semantics, and the thesis-style results table.
+"""Per-task ACC and AUC with the official ``medmnist.Evaluator`` semantics, the thesis-style results table and the
+per-image class scores of an evaluation or inference.
 
 * multi-class (and ordinal): AUC = mean one-vs-rest AUC over the classes, ACC = argmax accuracy;
 * binary (single logit): AUC of the positive-class probability, ACC at threshold 0.5;
@@ -8,9 +9,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,15 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from scipy.stats import rankdata
 
-__all__ = ["MeanLoss", "MultiTaskMetrics", "ResultsTableWriter", "roc_auc", "task_metrics"]
+__all__ = [
+    "MeanLoss",
+    "MultiTaskMetrics",
+    "PredictionWriter",
+    "ResultsTableWriter",
+    "roc_auc",
+    "task_metrics",
+    "uses_softmax",
+]
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -214,3 +224,118 @@ class ResultsTableWriter:
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         (self.output_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def uses_softmax(task: str, ordinal_mode: str = "ce") -> bool:
+    """Class scores are a softmax over the head's outputs (multi-class, ordinal ``ce``), else sigmoids."""
+    return task == "multi-class" or (task == "ordinal-regression" and ordinal_mode == "ce")
+
+
+class PredictionWriter:
+    """Ignite handler: the class scores of every image of an evaluation, written when it ends.
+
+    ``<output_dir>/<json_name>`` is a list of ``{"image", "dataset", "label", "prediction", "scores"}`` (``label``
+    only when the items have one; ``scores``: ``{column: probability}``). The CSV table has the columns ``image``,
+    ``dataset``, [``label``], ``prediction`` and one per score: the class names (softmax tasks and multi-label), the
+    positive class (binary: one sigmoid), or ``level`` (ordinal ``mse``: the sigmoid, i.e. level / (K - 1)).
+    Predictions: the arg-max class, the class over 0.5 (binary), the labels over 0.5 joined by ``;``
+    (multi-label), the nearest level (ordinal ``mse``).
+
+    Items need ``source`` (the image's file, or its place in the ``.npz``) and ``dataset``; batches may be collated
+    (``decollate=False``) or decollated.
+
+    Args:
+        tasks: ``{dataset: task type}``.
+        labels: ``{dataset: class names}``.
+        output_dir: folder of the files.
+        ordinal_mode: ``ce`` or ``mse``, as the heads were trained.
+        from_logits: ``pred`` holds the head's logits (the activation is applied here), else probabilities.
+        csv_name: CSV file name; a ``{dataset}`` in it writes one file per dataset (several datasets need it).
+        json_name: JSON file name.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, str],
+        labels: Mapping[str, Sequence[str]],
+        output_dir: str,
+        ordinal_mode: str = "ce",
+        from_logits: bool = True,
+        csv_name: str = "predictions.csv",
+        json_name: str = "predictions.json",
+    ) -> None:
+        self.tasks = dict(tasks)
+        self.labels = {name: list(names) for name, names in labels.items()}
+        self.output_dir = Path(output_dir)
+        self.ordinal_mode = ordinal_mode
+        self.from_logits = from_logits
+        self.csv_name = csv_name
+        self.json_name = json_name
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def columns(self, dataset: str) -> list[str]:
+        """Names of the score columns of ``dataset``."""
+        task, names = self.tasks[dataset], self.labels[dataset]
+        if task == "binary-class":
+            return [names[-1]]
+        if task == "ordinal-regression" and self.ordinal_mode == "mse":
+            return ["level"]
+        return names
+
+    def collect(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, Mapping):  # a collated batch (decollate=False)
+            items = [
+                {k: batch[k][i] for k in ("source", "dataset", "label") if k in batch}
+                for i in range(len(output["pred"]))
+            ]
+            preds = list(output["pred"])
+        else:
+            items, preds = batch, [out["pred"] for out in output]
+        for item, pred in zip(items, preds):
+            self.rows.append(self._row(item, torch.as_tensor(pred).detach().float().cpu().numpy().reshape(-1)))
+
+    def _row(self, item: Mapping[str, Any], pred: np.ndarray) -> dict[str, Any]:
+        name = item["dataset"]
+        task, names = self.tasks[name], self.labels[name]
+        softmax = uses_softmax(task, self.ordinal_mode)
+        scores = (_softmax(pred[None])[0] if softmax else _sigmoid(pred)) if self.from_logits else pred
+        row: dict[str, Any] = {"image": str(item["source"]), "dataset": name}
+        if "label" in item:
+            label = np.asarray(torch.as_tensor(item["label"]).cpu()).reshape(-1)
+            row["label"] = self._name(task, names, label, is_label=True)
+        row["prediction"] = self._name(task, names, scores, is_label=False)
+        row["scores"] = {column: float(p) for column, p in zip(self.columns(name), scores)}
+        return row
+
+    def _name(self, task: str, names: list[str], values: np.ndarray, is_label: bool) -> str:
+        if task == "multi-label, binary-class":
+            return ";".join(n for n, v in zip(names, values) if v > 0.5)
+        if task == "binary-class":
+            return names[int(values[0] > 0.5)]
+        if is_label:
+            return names[int(values[0])]
+        if len(values) == 1:  # ordinal "mse": the sigmoid is level / (K - 1)
+            return names[int(round(float(values[0]) * (len(names) - 1)))]
+        return names[int(values.argmax())]
+
+    def __call__(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / self.json_name).write_text(json.dumps(self.rows, indent=1))
+        datasets = list(dict.fromkeys(row["dataset"] for row in self.rows))
+        if len(datasets) > 1 and "{dataset}" not in self.csv_name:
+            raise ValueError(f"csv_name '{self.csv_name}' needs '{{dataset}}': the evaluation has {datasets}")
+        for name in datasets:
+            rows = [row for row in self.rows if row["dataset"] == name]
+            fixed = ["image", "dataset", *(["label"] if "label" in rows[0] else []), "prediction"]
+            with open(self.output_dir / self.csv_name.format(dataset=name), "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(fixed + self.columns(name))
+                writer.writerows(
+                    [[row[k] for k in fixed] + [f"{p:.6g}" for p in row["scores"].values()] for row in rows]
+                )

@@ -44,16 +44,32 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor, PathLike
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, Randomizable, RandomizableTransform, SpatialCrop, Transform
-from monai.utils import ensure_tuple, ensure_tuple_rep
+from monai.transforms import (
+    AsDiscreted,
+    EnsureTyped,
+    InvertibleTransform,
+    LoadImage,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Randomizable,
+    RandomizableTransform,
+    SelectItemsd,
+    SpatialCrop,
+    Transform,
+)
+from monai.utils import TraceKeys, ensure_tuple, ensure_tuple_rep
 from PIL import Image
 from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from medssl.data import SkipBadSamplesDataset
 from medssl.transforms import NormalizeIntensity01
 
 __all__ = [
     "PICTURE_SUFFIXES",
+    "AsOneSliceVolume",
+    "AsOneSliceVolumed",
     "ExtractSlice",
     "ExtractSliced",
     "LoadMedicalImage",
@@ -63,7 +79,9 @@ __all__ = [
     "RandSliced",
     "Resize2D",
     "Resize2Dd",
+    "fail_on_bad_samples",
     "is_dicom_file",
+    "slice_preprocessing",
 ]
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -424,15 +442,18 @@ def _resize2d(img: NdarrayOrTensor, size: tuple[int, int], mode: str, antialias:
     for i, (old, new) in enumerate(zip(img.shape[1:], size)):
         scale[i, i], scale[i, 3] = old / new, (old / new - 1) / 2
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
-    return MetaTensor(out, affine=img.affine.to(torch.float64) @ scale, meta={**meta, "spatial_shape": size})
+    out = MetaTensor(out, affine=img.affine.to(torch.float64) @ scale, meta={**meta, "spatial_shape": size})
+    out.applied_operations = list(img.applied_operations)
+    return out
 
 
-class Resize2D(Transform):
+class Resize2D(InvertibleTransform):
     """Resize a channel-first 2D image to ``spatial_size`` (aspect not kept, as the paper's 224x224 "resizing").
 
     ``torch.nn.functional.interpolate`` with ``antialias`` (bilinear/bicubic only) filters like torchvision's and
     Pillow's resize; MONAI's ``Resize(anti_aliasing=True)`` Gaussian pre-filter gives similar images but is ~30x
-    slower on a 2k radiograph (0.7 s). Labels: ``mode="nearest"``.
+    slower on a 2k radiograph (0.7 s). Labels: ``mode="nearest"``. ``inverse`` (used by MONAI's ``Invertd``)
+    resizes back to the traced input size with the traced ``mode`` (``Invertd(nearest_interp=True)``: nearest).
 
     Args:
         spatial_size: output size (int: square).
@@ -448,10 +469,17 @@ class Resize2D(Transform):
     def __call__(self, img: NdarrayOrTensor) -> MetaTensor:
         if img.ndim != 3:
             raise ValueError(f"Resize2D expects a channel-first 2D image, got shape {tuple(img.shape)}.")
-        return _resize2d(img, self.spatial_size, self.mode, self.antialias)
+        out = _resize2d(img, self.spatial_size, self.mode, self.antialias)
+        self.push_transform(out, orig_size=tuple(img.shape[1:]), extra_info={"mode": self.mode})
+        return out
+
+    def inverse(self, data: MetaTensor) -> MetaTensor:
+        op = self.pop_transform(data)
+        size = tuple(int(s) for s in op[TraceKeys.ORIG_SIZE])
+        return _resize2d(data, size, op[TraceKeys.EXTRA_INFO]["mode"], self.antialias)
 
 
-class Resize2Dd(MapTransform):
+class Resize2Dd(MapTransform, InvertibleTransform):
     """Dictionary form of :class:`Resize2D`; ``mode`` per key (e.g. ``["bilinear", "nearest"]`` for image, label)."""
 
     def __init__(
@@ -469,6 +497,12 @@ class Resize2Dd(MapTransform):
         d = dict(data)
         for key, resizer in self.key_iterator(d, self.resizers):
             d[key] = resizer(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, resizer in self.key_iterator(d, self.resizers):
+            d[key] = resizer.inverse(d[key])
         return d
 
 
@@ -579,3 +613,87 @@ class RandResizedCropd(Randomizable, MapTransform):
         for key, resizer in self.key_iterator(d, self.resizers):
             d[key] = self.cropper.crop(d[key], resizer)
         return d
+
+
+class AsOneSliceVolume(Transform):
+    """A channel-first 2D image ``(C, x, y)`` as a one-slice volume ``(C, x, y, 1)`` keeping its 4x4 affine.
+
+    A slice of a volume not stored axially (e.g. sagittal) has no 2D NIfTI affine: the in-plane block of its 4x4
+    affine is singular and MONAI's writers fail ("Affine ... is not invertible"). As a one-slice volume (written with
+    ``SaveImaged(squeeze_end_dims=False)``) it keeps its position in the scanner, on pictures and volumes alike.
+    """
+
+    def __call__(self, img: NdarrayOrTensor) -> MetaTensor:
+        if img.ndim != 3:
+            raise ValueError(f"AsOneSliceVolume expects a channel-first 2D image, got shape {tuple(img.shape)}.")
+        img = img if isinstance(img, MetaTensor) else MetaTensor(torch.as_tensor(img))
+        meta = {k: v for k, v in img.meta.items() if k != "affine"}
+        meta.update({"spatial_shape": (*img.shape[1:], 1), "original_channel_dim": "no_channel"})
+        return MetaTensor(img.as_tensor()[..., None], affine=img.affine.to(torch.float64), meta=meta)
+
+
+class AsOneSliceVolumed(MapTransform):
+    """Dictionary form of :class:`AsOneSliceVolume`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = AsOneSliceVolume()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+def slice_preprocessing(
+    image_key: str = "image",
+    label_key: str | None = None,
+    image_size: int = 224,
+    slice_axis: int = 2,
+    hu_window: Sequence[float] = (-1000.0, 1000.0),
+    percentiles: Sequence[float] = (0.5, 99.5),
+    intensity_mean: float = 0.26,
+    intensity_std: float = 0.32,
+    track_meta: bool = False,
+) -> list[MapTransform]:
+    """The deterministic MedMAE chain, one definition for validation, evaluation and inference (module docstring).
+
+    Loads the image (:class:`LoadMedicalImaged`, with the item's ``modality``) and the label, takes the central
+    slice of volumes (:class:`ExtractSliced`), resizes to ``image_size`` (:class:`Resize2Dd`, invertible) and
+    standardises intensities with ``intensity_mean``/``intensity_std``; the label is thresholded at 0.5.
+
+    Args:
+        image_key: key of the image path.
+        label_key: key of the label path (validation); ``None`` at inference.
+        image_size: side of the square network input.
+        slice_axis: spatial axis volumes are sliced across.
+        hu_window: Hounsfield window for CT.
+        percentiles: percentile window for other volumes.
+        intensity_mean: subtracted after scaling to [0, 1].
+        intensity_std: divisor after subtracting ``intensity_mean``.
+        track_meta: keep metadata and every other item key (inference: ``Invertd``, ``SaveImaged``); ``False``
+            keeps only the image and label as plain tensors, so batches of different file types collate.
+    """
+    keys = [image_key] if label_key is None else [image_key, label_key]
+    transforms: list[MapTransform] = [LoadMedicalImaged(image_key, hu_window=hu_window, percentiles=percentiles)]
+    if label_key is not None:
+        transforms.append(LoadImaged(label_key, ensure_channel_first=True))
+    transforms += [
+        ExtractSliced(keys, axis=slice_axis),
+        Resize2Dd(keys, spatial_size=image_size, mode=["bilinear", "nearest"][: len(keys)]),
+        NormalizeIntensityd(image_key, subtrahend=intensity_mean, divisor=intensity_std),
+    ]
+    if label_key is not None:
+        transforms.append(AsDiscreted(label_key, threshold=0.5))
+    if not track_meta:
+        transforms.append(SelectItemsd(keys))
+    transforms.append(EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta))
+    return transforms
+
+
+def fail_on_bad_samples(dataset: SkipBadSamplesDataset) -> None:
+    """End an inference run that skipped images with an error listing them (file and reason), after the others
+    were segmented: a partial result never looks like a complete one (the run exits non-zero)."""
+    if dataset.bad_samples():
+        raise RuntimeError(f"inference incomplete, images not segmented: {dataset.summary()}")

@@ -40,10 +40,15 @@ __all__ = [
     "ViTEncoder",
     "MaskedAutoencoderViT",
     "MaskedPatchLoss",
+    "BASELINES",
+    "baseline_prediction",
+    "MaskedPatchBaselineLoss",
     "reconstruction_panels",
     "MAEClassifier",
     "MAESegmenter",
     "interpolate_pos_embed",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "adapt_input_channels",
     "load_mae_checkpoint",
     "load_pretrained_mae",
@@ -59,6 +64,9 @@ MAE_DECODER_KEYS = r"^(mask_token$|decoder_)"
 TASK_HEAD_KEYS = r"^head\."
 _POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
 _PIXEL_KEYS = ("decoder_pred.weight", "decoder_pred.bias")
+#: Per-channel normalisation of the ImageNet MAE pre-training (and of the MedMAE release, grey copied to RGB).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _LN_EPS = 1e-6  # the reference uses LayerNorm(eps=1e-6); MONAI's TransformerBlock hard-codes 1e-5
 
 
@@ -324,7 +332,7 @@ class MaskedAutoencoderViT(ViTEncoder):
         decoder_mlp_dim: decoder MLP width (2048).
         mask_ratio: fraction of masked patches, in [0, 1).
         norm_pix_loss: whether predictions are per-patch normalised pixels (the loss target of
-            :class:`MaskedPatchLoss` with the same flag); only :meth:`reconstruct` uses it, to undo the normalisation.
+            :class:`MaskedPatchLoss` with the same flag); only :meth:`reconstruct` uses it, to display them.
 
     ``forward(x)`` returns ``(B, C + 1, *img_size)``: the predicted patches in image layout, then the mask channel
     (1 = masked). Use :meth:`forward_encoder` / :meth:`forward_decoder` for the reference's token-space tensors.
@@ -442,6 +450,25 @@ def _target_stats(patches: torch.Tensor, eps: float) -> tuple[torch.Tensor, torc
     return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + eps).sqrt()
 
 
+def _loss_target(
+    image: torch.Tensor, patch_size: int, spatial_dims: int, norm_pix_loss: bool, eps: float
+) -> torch.Tensor:
+    """The patchified image ``(B, L, D)``, per-patch normalised when ``norm_pix_loss``."""
+    target = patchify(image, patch_size, spatial_dims)
+    if norm_pix_loss:
+        mean, std = _target_stats(target, eps)
+        target = (target - mean) / std
+    return target
+
+
+def _masked_patch_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...]
+) -> torch.Tensor:
+    """Mean squared error of ``(B, L, D)`` patches averaged over the masked ones (``mask`` ``(B, L)``, 1 = masked)."""
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum(dim) / mask.sum(dim)
+
+
 class MaskedPatchLoss(nn.Module):
     """Mean squared error on the masked patches only, as in MAE / MedMAE.
 
@@ -466,7 +493,8 @@ class MaskedPatchLoss(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.eps = eps
 
-    def forward(self, output: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def patches(self, output: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predicted patches ``(B, L, D)``, patch mask ``(B, L)`` and target patches ``(B, L, D)``."""
         if output.shape[1] != image.shape[1] + 1 or output.shape[2:] != image.shape[2:]:
             raise ValueError(
                 f"expected the network output (B, C + 1, *S) of an image (B, C, *S), got {tuple(output.shape)} "
@@ -474,14 +502,84 @@ class MaskedPatchLoss(nn.Module):
             )
         pred = patchify(output[:, :-1], self.patch_size, self.spatial_dims)
         mask = patchify(output[:, -1:], self.patch_size, self.spatial_dims)[..., 0]
-        target = patchify(image, self.patch_size, self.spatial_dims)
-        if self.norm_pix_loss:
-            mean, std = _target_stats(target, self.eps)
-            target = (target - mean) / std
-        per_patch = (pred - target).pow(2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
+        target = _loss_target(image, self.patch_size, self.spatial_dims, self.norm_pix_loss, self.eps)
+        return pred, mask, target
+
+    def forward(self, output: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        pred, mask, target = self.patches(output, image)
+        return _masked_patch_mse(pred, target, mask, dim=(0, 1))
 
 
+#: Trivial predictions of the masked patches that :class:`MaskedPatchBaselineLoss` scores.
+BASELINES = ("zero", "visible_mean")
+
+
+def baseline_prediction(target: torch.Tensor, mask: torch.Tensor, baseline: str) -> torch.Tensor:
+    """A trivial prediction ``(B, L, D)`` of every patch, made from the VISIBLE patches' targets only.
+
+    * ``"zero"``: all zeros; with ``norm_pix_loss`` every normalised target patch has mean 0, so this is also the
+      prediction of each patch's (unknown) mean intensity.
+    * ``"visible_mean"``: every patch predicted as the pixel-wise mean, over the visible patches of the sample, of
+      their targets (with ``norm_pix_loss`` the average normalised visible patch, e.g. a shared gradient; the scalar
+      mean of normalised pixels is 0 by construction, i.e. ``"zero"``; without it, the average visible patch).
+
+    Args:
+        target: loss targets ``(B, L, D)`` (per-patch normalised with ``norm_pix_loss``).
+        mask: ``(B, L)``, 1 = masked; every sample needs a visible patch for ``"visible_mean"``.
+        baseline: one of :data:`BASELINES`.
+    """
+    if baseline == "zero":
+        return torch.zeros_like(target)
+    if baseline != "visible_mean":
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+    visible = (1 - mask)[..., None]
+    count = visible.sum(1, keepdim=True)
+    if bool((count == 0).any()):
+        raise ValueError("visible-mean baseline: a sample has no visible patch to average.")
+    return ((target * visible).sum(1, keepdim=True) / count).expand_as(target)
+
+
+class MaskedPatchBaselineLoss(MaskedPatchLoss):
+    """:class:`MaskedPatchLoss` of a trivial prediction (see :func:`baseline_prediction`) on the network's masks.
+
+    The network's predictions are ignored; only its mask channel is used, so the baseline is scored on exactly the
+    patches the model had to predict. A model that learnt something has a lower :class:`MaskedPatchLoss` than every
+    baseline; with ``norm_pix_loss`` the ``"zero"`` baseline is about 1.
+
+    Args:
+        patch_size, spatial_dims, norm_pix_loss, eps: see :class:`MaskedPatchLoss`.
+        baseline: one of :data:`BASELINES`.
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        spatial_dims: int = 2,
+        norm_pix_loss: bool = True,
+        baseline: str = "zero",
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(patch_size, spatial_dims, norm_pix_loss, eps)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+        self.baseline = baseline
+
+    def forward(self, output: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        _, mask, target = self.patches(output, image)
+        return _masked_patch_mse(baseline_prediction(target, mask, self.baseline), target, mask, dim=(0, 1))
+
+
+def _visible_patch_stats(patches: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the average mean and standard deviation of the visible patches, each ``(B, 1, 1)``."""
+    visible = 1 - mask
+    count = visible.sum(1)
+    if bool((count == 0).any()):
+        raise ValueError("reconstruction_panels: a sample has no visible patch to take the display intensities from.")
+    mean, std = (((s[..., 0] * visible).sum(1) / count)[:, None, None] for s in _target_stats(patches, eps))
+    return mean, std
+
+
+@torch.no_grad()
 def reconstruction_panels(
     image: torch.Tensor,
     output: torch.Tensor,
@@ -490,17 +588,21 @@ def reconstruction_panels(
     norm_pix_loss: bool = True,
     eps: float = 1e-6,
 ) -> dict[str, torch.Tensor]:
-    """Images for an "original | masked | reconstruction" figure from an input and the MAE output.
+    """Images and losses (no gradients) for an "original | masked | reconstruction" figure of the MAE output.
 
     Works on a batch ``(B, C, *S)`` / ``(B, C + 1, *S)`` or on one decollated sample ``(C, *S)`` / ``(C + 1, *S)``
-    (e.g. in a post-transform ``Lambda``). With ``norm_pix_loss`` the predictions are mapped back to pixel values with
-    the mean and standard deviation of the corresponding input patches (which the model never sees for masked patches:
-    a visualisation device, as in the MAE demo).
+    (e.g. in a post-transform ``Lambda``). The reconstruction shows only what the model predicts: with
+    ``norm_pix_loss`` the predictions are per-patch normalised pixels, and the true mean and contrast of a hidden
+    patch are unknown to the model, so every predicted patch is mapped back with the same per-sample intensities,
+    the average mean and standard deviation of the VISIBLE patches (a zero prediction shows as flat patches).
 
     Returns:
         ``{"image", "masked" (masked patches zeroed), "reconstruction" (every patch predicted), "pasted" (visible
         patches from the input, masked ones predicted), "mask" (1 = masked)}``, each shaped like ``image`` (the mask
-        with one channel).
+        with one channel), and per sample (``(B,)``, or scalars for one sample) ``"masked_loss"``, the
+        :class:`MaskedPatchLoss` of the prediction, and the same loss of two trivial predictions (see
+        :func:`baseline_prediction`): ``"zero_pred_loss"`` (about 1 with ``norm_pix_loss``) and
+        ``"visible_mean_pred_loss"``.
     """
     unbatched = image.dim() == spatial_dims + 1
     if unbatched:
@@ -508,8 +610,17 @@ def reconstruction_panels(
     grid = [s // patch_size for s in image.shape[2:]]
     pred = patchify(output[:, :-1], patch_size, spatial_dims)
     mask = output[:, -1:]
+    mask_patches = patchify(mask, patch_size, spatial_dims)[..., 0]
+    target = _loss_target(image, patch_size, spatial_dims, norm_pix_loss, eps)
+    losses = {
+        "masked_loss": _masked_patch_mse(pred, target, mask_patches, dim=1),
+        "zero_pred_loss": _masked_patch_mse(torch.zeros_like(pred), target, mask_patches, dim=1),
+        "visible_mean_pred_loss": _masked_patch_mse(
+            baseline_prediction(target, mask_patches, "visible_mean"), target, mask_patches, dim=1
+        ),
+    }
     if norm_pix_loss:
-        mean, std = _target_stats(patchify(image, patch_size, spatial_dims), eps)
+        mean, std = _visible_patch_stats(patchify(image, patch_size, spatial_dims), mask_patches, eps)
         pred = pred * std + mean
     recon = unpatchify(pred, patch_size, grid)
     panels = {
@@ -518,6 +629,7 @@ def reconstruction_panels(
         "reconstruction": recon,
         "pasted": image * (1 - mask) + recon * mask,
         "mask": mask,
+        **losses,
     }
     return {k: v[0] for k, v in panels.items()} if unbatched else panels
 
@@ -688,16 +800,65 @@ def interpolate_pos_embed(state_dict: dict, model: ViTEncoder) -> dict:
     return out
 
 
-def adapt_input_channels(state_dict: dict, model: ViTEncoder) -> dict:
+def _fold_input_normalisation(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    channel_mean: Sequence[float],
+    channel_std: Sequence[float],
+    image_mean: float,
+    image_std: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A one-channel patch projection equal to a C-channel one fed a grey image copied to C normalised channels.
+
+    The C-channel layer sees ``(g − m_c) / s_c`` for a grey image ``g`` in [0, 1]; the one-channel layer sees
+    ``x = (g − image_mean) / image_std``. With ``g = image_std · x + image_mean``:
+    ``Σ_c w_c ∗ (g − m_c) / s_c + b = (image_std · Σ_c w_c / s_c) ∗ x + b + Σ_c Σ(w_c) (image_mean − m_c) / s_c``,
+    where ``Σ(w_c)`` sums a kernel over its spatial positions (the patches do not overlap: no padding effects).
+    """
+    channels = weight.shape[1]
+    if len(channel_mean) != channels or len(channel_std) != channels:
+        raise ValueError(
+            f"the checkpoint's patch embedding has {channels} input channels but channel_mean {tuple(channel_mean)} "
+            f"and channel_std {tuple(channel_std)} (its pre-training normalisation) give {len(channel_mean)} and "
+            f"{len(channel_std)} values."
+        )
+    if min(channel_std) <= 0 or image_std <= 0:
+        raise ValueError(f"normalisation std must be positive, got channel_std {channel_std}, image_std {image_std}.")
+    shape = (1, channels) + (1,) * (weight.dim() - 2)
+    mean = torch.as_tensor(channel_mean, dtype=torch.float64).reshape(shape)
+    scaled = weight.double() / torch.as_tensor(channel_std, dtype=torch.float64).reshape(shape)
+    folded_weight = (image_std * scaled.sum(1, keepdim=True)).to(weight.dtype)
+    if bias is None:
+        return folded_weight, None
+    shift = (scaled * (image_mean - mean)).flatten(1).sum(1)
+    return folded_weight, (bias.double() + shift).to(bias.dtype)
+
+
+def adapt_input_channels(
+    state_dict: dict,
+    model: ViTEncoder,
+    channel_mean: Sequence[float] = IMAGENET_MEAN,
+    channel_std: Sequence[float] = IMAGENET_STD,
+    image_mean: float = 0.0,
+    image_std: float = 1.0,
+) -> dict:
     """Convert the pixel-facing weights of a checkpoint to the model's number of input channels.
 
-    Many → 1 (e.g. an RGB MAE into a grayscale model): the patch embedding is summed over channels (a gray image
-    replicated over the channels then gives the same tokens) and the pixel predictor ``decoder_pred`` is averaged
-    over channels. 1 → C: the patch embedding is repeated and divided by C, ``decoder_pred`` repeated. Other
-    combinations are left for :func:`medssl.checkpoint.load_state` to report. Returns a new dict.
+    Many → 1 (e.g. the RGB ImageNet MAE or MedMAE release into a grayscale model): these were pre-trained on images
+    copied to every channel and normalised per channel with ``channel_mean`` / ``channel_std`` (ImageNet's by
+    default, as in the reference pre-training). That normalisation and the model's own input normalisation
+    (``x = (g − image_mean) / image_std`` for a grey image ``g`` in [0, 1], the bundle's ``intensity_mean`` /
+    ``intensity_std``) are folded into the patch embedding's weight and bias, so the converted model on ``x`` gives
+    the same tokens as the checkpoint's model on the normalised copies (see :func:`_fold_input_normalisation`).
+    The pixel predictor ``decoder_pred`` is averaged over channels (an approximation: a per-patch-normalised
+    target of several channels is not a linear function of the grey patch).
+
+    1 → C: the patch embedding is repeated and divided by C (a grey image replicated over the channels, with the
+    same normalisation, gives the same tokens), ``decoder_pred`` repeated. Other combinations are left for
+    :func:`medssl.checkpoint.load_state` to report. Returns a new dict.
     """
     out = dict(state_dict)
-    key = "patch_embed.proj.weight"
+    key, bias_key = "patch_embed.proj.weight", "patch_embed.proj.bias"
     c_dst = model.in_channels
     if key not in out or out[key].dim() != model.spatial_dims + 2 or out[key].shape[1] == c_dst:
         return out
@@ -705,8 +866,20 @@ def adapt_input_channels(state_dict: dict, model: ViTEncoder) -> dict:
     if c_dst != 1 and c_src != 1:
         return out
     weight = out[key]
-    out[key] = weight.sum(1, keepdim=True) if c_dst == 1 else weight.repeat(1, c_dst, *[1] * model.spatial_dims) / c_dst
-    logger.info(f"{key}: converted from {c_src} to {c_dst} input channels.")
+    if c_dst == 1:
+        out[key], bias = _fold_input_normalisation(
+            weight, out.get(bias_key), channel_mean, channel_std, image_mean, image_std
+        )
+        if bias is not None:
+            out[bias_key] = bias
+        logger.info(
+            f"{key}: converted from {c_src} to 1 input channel, folding the checkpoint's per-channel normalisation "
+            f"(mean {tuple(channel_mean)}, std {tuple(channel_std)}) and the input's (mean {image_mean}, "
+            f"std {image_std})."
+        )
+    else:
+        out[key] = weight.repeat(1, c_dst, *[1] * model.spatial_dims) / c_dst
+        logger.info(f"{key}: converted from 1 to {c_dst} input channels.")
     for pixel_key in _PIXEL_KEYS:
         if pixel_key not in out or pixel_key not in model.state_dict() or out[pixel_key].shape[0] % c_src:
             continue
@@ -720,15 +893,15 @@ def adapt_input_channels(state_dict: dict, model: ViTEncoder) -> dict:
     return out
 
 
-def _convert(state_dict: dict, model: nn.Module) -> dict:
-    return interpolate_pos_embed(adapt_input_channels(state_dict, model), model)
-
-
 def load_mae_checkpoint(
     model: ViTEncoder,
     path: str | PathLike | dict,
     allow_partial: bool = False,
     exclude: str | None = None,
+    channel_mean: Sequence[float] = IMAGENET_MEAN,
+    channel_std: Sequence[float] = IMAGENET_STD,
+    image_mean: float = 0.0,
+    image_std: float = 1.0,
 ) -> LoadReport:
     """Load an MAE checkpoint (reference format ``{"model": state_dict}``, or a plain state dict) into ``model``.
 
@@ -743,6 +916,10 @@ def load_mae_checkpoint(
         allow_partial: load what matches and only log the rest instead of raising.
         exclude: extra regular expression of keys to skip on both sides, e.g. ``MAE_DECODER_KEYS`` to load an
             encoder-only release (``mae_pretrain_vit_base.pth``) into a :class:`MaskedAutoencoderViT`.
+        channel_mean, channel_std: per-channel input normalisation the checkpoint was pre-trained with (ImageNet's
+            by default); folded into the patch embedding when a multi-channel checkpoint goes into a 1-channel model.
+        image_mean, image_std: the model's input normalisation, ``x = (g − image_mean) / image_std`` for grey images
+            ``g`` in [0, 1] (the configs' ``intensity_mean`` / ``intensity_std``); used by that conversion only.
 
     Returns:
         the :class:`~medssl.checkpoint.LoadReport` (loaded / excluded / missing / unexpected / mismatched keys).
@@ -756,16 +933,31 @@ def load_mae_checkpoint(
     if exclude:
         patterns.append(exclude)
     pattern = "|".join(f"(?:{p})" for p in patterns) if patterns else None
-    report = load_state(model, path, exclude=pattern, allow_partial=allow_partial, convert=_convert)
+
+    def convert(state_dict: dict, net: nn.Module) -> dict:
+        adapted = adapt_input_channels(state_dict, net, channel_mean, channel_std, image_mean, image_std)
+        return interpolate_pos_embed(adapted, net)
+
+    report = load_state(model, path, exclude=pattern, allow_partial=allow_partial, convert=convert)
     if report.excluded:
         logger.info(f"not loaded (excluded): {report.excluded}")
     return report
 
 
-def load_pretrained_mae(model: ViTEncoder, path: str | PathLike | None, exclude: str | None = None) -> ViTEncoder:
+def load_pretrained_mae(
+    model: ViTEncoder,
+    path: str | PathLike | None,
+    exclude: str | None = None,
+    channel_mean: Sequence[float] = IMAGENET_MEAN,
+    channel_std: Sequence[float] = IMAGENET_STD,
+    image_mean: float = 0.0,
+    image_std: float = 1.0,
+) -> ViTEncoder:
     """Config-friendly :func:`load_mae_checkpoint` (strict): ``None`` or ``""`` keeps the random initialisation.
 
-    For ``initialize`` expressions, e.g. ``"$scripts.networks.load_pretrained_mae(@network_def, @pretrained_ckpt)"``.
+    For ``initialize`` expressions, e.g. ``"$scripts.networks.load_pretrained_mae(@network_def, @pretrained_ckpt,
+    channel_mean=@pretrained_channel_mean, channel_std=@pretrained_channel_std, image_mean=@intensity_mean,
+    image_std=@intensity_std)"``; the normalisation arguments as in :func:`load_mae_checkpoint`.
 
     Returns:
         ``model``, updated in place.
@@ -773,7 +965,15 @@ def load_pretrained_mae(model: ViTEncoder, path: str | PathLike | None, exclude:
     if path is None or str(path) == "":
         logger.info(f"no pre-trained checkpoint given: {type(model).__name__} keeps its random initialisation.")
         return model
-    report = load_mae_checkpoint(model, path, exclude=exclude)
+    report = load_mae_checkpoint(
+        model,
+        path,
+        exclude=exclude,
+        channel_mean=channel_mean,
+        channel_std=channel_std,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
     logger.info(f"pre-trained MAE weights: {report.summary()}")
     return model
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from monai.utils import ImageMetaKey, convert_to_numpy
 from tqdm import tqdm
 
 from medssl.data import load_datalist
-from medssl.transforms import NormalizeIntensity01
+from medssl.transforms import NormalizeIntensity01, non_hounsfield_message
 
 __all__ = [
     "TISSUE_THRESHOLD_HU",
@@ -69,6 +70,8 @@ TISSUE_THRESHOLD_HU = -150.0
 TISSUE_THRESHOLD_SCALED = (TISSUE_THRESHOLD_HU - HU_RANGE[0]) / (HU_RANGE[1] - HU_RANGE[0])  # 0.425
 
 RandomGenerator = np.random.Generator | np.random.RandomState
+
+logger = logging.getLogger(__name__)
 
 
 class VolumeTooSmallError(ValueError):
@@ -98,10 +101,14 @@ def origin_ranges(
     bad = [axis for axis, (low, high) in zip("xyz", ranges) if high < low]
     if bad:
         need = tuple(r + e + 2 * b for r, b, e in zip(roi_size, border, extra))
+        if any(border["xyz".index(axis)] for axis in bad):
+            fix = "Lower the border (e.g. border=(0, 0, 0)) or the ROI size."
+        else:  # the border is not the cause
+            fix = "Lower the ROI size or leave this scan out: it is smaller than one cube."
         raise VolumeTooSmallError(
             f"volume of shape {tuple(shape)} is too small for cubes of {tuple(roi_size)} with border {tuple(border)} "
             f"(depth_extra={depth_extra}): no valid origin along axis {', '.join(bad)}; this needs a size of at "
-            f"least {need}. Lower the border (e.g. border=(0, 0, 0)) or the ROI size."
+            f"least {need}. {fix}"
         )
     return ranges
 
@@ -439,6 +446,9 @@ def _extract_to_dir(
         volume = check_volume(convert_to_numpy(volume), path)
         modality = str(item.get("modality") or options["default_modality"]).upper()
         ct = modality == "CT"
+        not_hu = non_hounsfield_message(path, volume, from_item=bool(item.get("modality"))) if ct else ""
+        if not_hu:
+            logger.warning(not_hu)
         if not ct:  # no HU scale: percentile-normalise the whole volume, no tissue rule
             normalize = NormalizeIntensity01(modality, options["hu_range"], options["percentiles"])
             volume = np.asarray(convert_to_numpy(normalize(volume)), dtype=np.float32)
@@ -464,9 +474,21 @@ def _extract_to_dir(
             target = out_dir / f"{name}_{k:03d}.npy"
             _atomic_write(target, lambda f, c=cube: np.save(f, c))
             entries.append({"image": str(target), "source": path, "origin": [int(v) for v in origin]})
-        skipped = "" if len(cubes) else "no candidate passed the tissue rule"
+        skipped = "" if len(cubes) else _no_cube_reason(not_hu, options, found.attempts)
         report.append({"scan": path, "cubes": len(cubes), "attempts": found.attempts, "skipped": skipped})
     return entries, report
+
+
+def _no_cube_reason(not_hu: str, options: Mapping[str, Any], attempts: int) -> str:
+    if not_hu:  # every voxel is "tissue" (>= -150) when the intensities are not HU
+        return f"no candidate passed the tissue rule: {not_hu}"
+    bounds = (("at least", options["min_tissue_fraction"]), ("at most", options["max_tissue_fraction"]))
+    rule = " and ".join(f"{word} {value:.0%}" for word, value in bounds if value)
+    return (
+        f"no candidate passed the tissue rule ({attempts} tried: {rule} of a cube at or above "
+        f"{options['tissue_threshold']:g} HU, as in the lung field of chest CT); for scans with little air raise "
+        "max_tissue_fraction (null: no rule)"
+    )
 
 
 def _format_report(report: Sequence[Mapping[str, Any]]) -> str:

@@ -8,22 +8,31 @@ background class, so the numbers (e.g. NCS 77.62 in the paper) are much higher t
 Here the 2×2 confusion matrix of every threshold is accumulated over the whole evaluation set and the IoUs are
 computed once at the end. (Keras' ``evaluate`` instead averaged, over batches, the running value of the streaming
 metric after each batch, which weights early batches differently; with a single batch both agree.)
+
+:class:`RestorationMSE` scores the restoration pretext next to its trivial baselines (the corrupted input returned
+unchanged, and the targets' mean everywhere), per group of validation pairs (:mod:`scripts.validation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "RESTORATION_BASELINES",
+    "RestorationMSE",
     "ThresholdedMeanIoU",
     "ThresholdedMeanIoUHandler",
     "confusion_counts",
     "iou_from_counts",
+    "restoration_metrics",
 ]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -147,3 +156,92 @@ class ThresholdedMeanIoUHandler(IgniteMetricHandler):
             output_transform=output_transform,
             save_details=save_details,
         )
+
+
+#: What :class:`RestorationMSE` can score: the network's output, the corrupted input (``identity``), or the mean of
+#: the group's targets everywhere (``mean``, the best constant; its MSE is the targets' variance).
+RESTORATION_BASELINES: tuple[str, ...] = ("identity", "mean")
+
+
+class RestorationMSE(Metric):
+    """Restoration MSE over the validation pairs of one group, of the network or of a trivial baseline.
+
+    Squared errors are summed over every voxel of the group's items seen in an epoch (across processes under
+    ``torch.distributed``), so the value is a voxel-weighted mean, as MONAI's ``MeanSquaredError`` on equal-sized
+    items. Items of other groups are ignored, so one evaluator can score several groups.
+
+    Args:
+        group: the group scored (the value of ``group_key`` in each output item).
+        baseline: ``None`` scores ``pred``; ``"identity"`` scores the corrupted input ``image`` as the restoration;
+            ``"mean"`` scores the constant mean of the group's targets.
+        group_key: output key holding each item's group (e.g. copied from the batch by the evaluator's
+            ``postprocessing``: only new keys reach the output).
+        output_transform: maps ``engine.state.output`` to a list of per-item dicts with ``pred``, ``label``,
+            ``image`` and ``group_key`` (the default takes MONAI's decollated output as it is).
+
+    Raises ``NotComputableError`` at the end of an epoch in which the group had no item.
+    """
+
+    def __init__(
+        self,
+        group: str = "all",
+        baseline: str | None = None,
+        group_key: str = "group",
+        output_transform: Callable = lambda output: output,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if baseline is not None and baseline not in RESTORATION_BASELINES:
+            raise ValueError(f"baseline must be None or one of {RESTORATION_BASELINES}, got {baseline!r}.")
+        self.group = group
+        self.baseline = baseline
+        self.group_key = group_key
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._squared_error = 0.0
+        self._target_sum = 0.0
+        self._target_squares = 0.0
+        self._voxels = 0
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Mapping]) -> None:
+        for item in output:
+            if item[self.group_key] != self.group:
+                continue
+            target = torch.as_tensor(item["label"]).detach().double()
+            self._voxels += target.numel()
+            if self.baseline == "mean":
+                self._target_sum += float(target.sum())
+                self._target_squares += float(target.square().sum())
+            else:
+                restored = torch.as_tensor(item["image" if self.baseline == "identity" else "pred"]).detach()
+                self._squared_error += float((restored.double() - target).square().sum())
+
+    @sync_all_reduce("_squared_error", "_target_sum", "_target_squares", "_voxels")
+    def compute(self) -> float:
+        if self._voxels == 0:
+            raise NotComputableError(f"RestorationMSE: no validation item of group {self.group!r} in this epoch.")
+        if self.baseline == "mean":
+            mean = self._target_sum / self._voxels
+            return max(self._target_squares / self._voxels - mean**2, 0.0)
+        return self._squared_error / self._voxels
+
+
+def restoration_metrics(
+    groups: Sequence[str], name: str = "val_mse", main_group: str = "all", group_key: str = "group"
+) -> dict[str, RestorationMSE]:
+    """Every restoration metric but the key metric, named by the collection's tag convention.
+
+    ``main_group`` (the training corruption chain) gets ``{name}_baseline_identity`` and ``{name}_baseline_mean``
+    (its network MSE ``{name}`` is the evaluator's key metric, ``RestorationMSE(main_group)``); every other group
+    ``g`` gets ``{name}_{g}``, ``{name}_{g}_baseline_identity`` and ``{name}_{g}_baseline_mean``.
+    """
+    metrics = {}
+    for group in groups:
+        prefix = name if group == main_group else f"{name}_{group}"
+        if group != main_group:
+            metrics[prefix] = RestorationMSE(group, None, group_key)
+        for baseline in RESTORATION_BASELINES:
+            metrics[f"{prefix}_baseline_{baseline}"] = RestorationMSE(group, baseline, group_key)
+    return metrics

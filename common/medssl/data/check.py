@@ -9,12 +9,17 @@ Decisions:
 * Each distinct file is loaded once, with MONAI ``LoadImage(image_only=True, ensure_channel_first=True)``; the
   spatial shape is everything after the channel axis.
 * Dimensionality: a 3D file whose last spatial axis has size 1, e.g. (256, 256, 1), counts as 2D. It is an error
-  where 3D is expected, and a warning (squeeze it, e.g. ``SqueezeDimd(dim=-1)``) where 2D is expected.
-* Channel counts (``num_channels``) are checked on image keys only; label keys (``label_keys``) are checked for
-  their spatial shape against the reference image key (``"image"`` if checked, else the first non-label key) and,
-  when both carry an affine, for being on the same grid (a warning).
+  where 3D is expected, and a warning where 2D is expected (``medssl.transforms.SqueezeSingletonSliced`` reads it).
+* Channel counts (``num_channels``) are checked on image keys only. Without ``num_channels``, a 3D image with
+  several channels (a 4D NIfTI: channels or time points) is an error: every bundle model takes one channel.
+* Label keys (``label_keys``) are checked against the reference image key (``"image"`` if checked, else the first
+  non-label key): an axis flipped or permuted between their affines is an error (after ``Orientationd`` the label
+  would be mirrored against its image), then a different spatial shape is an error and, when both carry an
+  affine, a different grid is a warning.
 * Values: NaN/Inf voxels and zero-size axes are errors; a constant image (e.g. all zero) and non-integer label
-  values are warnings. Warnings never make ``assert_datalist_ok`` or the CLI fail unless ``strict=True``.
+  values are warnings. Warnings never make ``assert_datalist_ok`` or the CLI fail unless ``strict=True``;
+  ``assert_datalist_ok`` logs them (one table, before training starts).
+* A datalist without any item, or a section to check that is empty, is an error.
 * A numeric value (e.g. a class label ``"label": 1``) is accepted without a file check.
 * Relative paths are resolved against ``base_dir``, else the folder of the datalist JSON, else the working folder.
 """
@@ -22,6 +27,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -41,6 +47,7 @@ __all__ = [
 ]
 
 ERROR, WARNING = "error", "warning"
+logger = logging.getLogger(__name__)
 _MAX_REASON = 160
 
 
@@ -180,6 +187,8 @@ def _items(
         name, data = ("<list>" if isinstance(datalist, list) else "<dict>"), datalist
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     if isinstance(data, list):
+        if not data:
+            problems.append(Problem(name, "-", name, "the datalist is empty: no item to train on"))
         return name, base, [(f"{name}[{i}]", it) for i, it in enumerate(data)], problems
     present = [s for s in sections if s in data]
     for s in sections:
@@ -192,6 +201,8 @@ def _items(
         if not isinstance(data[s], list):
             problems.append(Problem(f"{name}:{s}", "-", name, f"section {s!r} is not a list"))
             continue
+        if not data[s]:
+            problems.append(Problem(f"{name}:{s}", "-", name, f"section {s!r} is empty"))
         out += [(f"{name}:{s}[{i}]", it) for i, it in enumerate(data[s])]
     return name, base, out, problems
 
@@ -263,7 +274,14 @@ def check_datalist(
             for key, (shown, info) in infos.items():
                 if key == ref_key or key not in label_keys:
                     continue
-                if _without_trailing_one(info.spatial) != _without_trailing_one(rinfo.spatial):
+                flipped = _orientation_change(info.affine, rinfo.affine)
+                if flipped:
+                    why = (
+                        f"{flipped} against {ref_key!r}: after Orientationd the label would be mirrored against its "
+                        "image; save it with the image's affine"
+                    )
+                    problems.append(Problem(ref, key, shown, why))
+                elif _without_trailing_one(info.spatial) != _without_trailing_one(rinfo.spatial):
                     why = f"spatial shape {info.spatial} differs from {ref_key!r} {rinfo.spatial}"
                     problems.append(Problem(ref, key, shown, why))
                 elif info.affine is not None and rinfo.affine is not None:
@@ -284,10 +302,22 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
 
 
-def _same_grid(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    if a is None or b is None or a.shape != b.shape:
-        return True  # nothing to compare
-    return bool(np.allclose(a, b, atol=1e-3))
+def _orientation_change(affine: np.ndarray | None, ref: np.ndarray | None) -> str:
+    """How the axes of ``affine`` are flipped or permuted against ``ref`` (e.g. "orientation LAS, not RAS: axis 0
+    flipped"), or "" when they point the same way (or either affine is missing or of another dimension)."""
+    if affine is None or ref is None or affine.shape != ref.shape:
+        return ""
+    from nibabel.orientations import aff2axcodes, io_orientation
+
+    ornt, ref_ornt = io_orientation(affine), io_orientation(ref)
+    if np.array_equal(ornt, ref_ornt):
+        return ""
+    codes, ref_codes = "".join(map(str, aff2axcodes(affine))), "".join(map(str, aff2axcodes(ref)))
+    if not np.array_equal(ornt[:, 0], ref_ornt[:, 0]):
+        how = "axes permuted"
+    else:
+        how = "axis " + ", ".join(str(i) for i in np.flatnonzero(ornt[:, 1] != ref_ornt[:, 1])) + " flipped"
+    return f"orientation {codes}, not {ref_codes}: {how}"
 
 
 def _check_shape(
@@ -299,7 +329,7 @@ def _check_shape(
         out.append(Problem(ref, key, shown, f"zero-size spatial axis, shape {sp}"))
     if spatial_dims is not None and nd != spatial_dims or (spatial_dims == 3 and nd == 3 and sp[-1] == 1):
         if spatial_dims == 2 and nd == 3 and sp[-1] == 1:
-            why = f"3D file with a singleton last axis {sp}: counts as 2D, squeeze it (SqueezeDimd(dim=-1))"
+            why = f"one-slice volume {sp}: a 2D image once its last axis is squeezed (SqueezeSingletonSliced)"
             out.append(Problem(ref, key, shown, why, WARNING))
         elif spatial_dims == 3 and nd == 3 and sp[-1] == 1:
             out.append(Problem(ref, key, shown, f"2D image stored with a singleton last axis {sp}; 3D expected"))
@@ -307,6 +337,9 @@ def _check_shape(
             out.append(Problem(ref, key, shown, f"{nd}D image (spatial shape {sp}) where {spatial_dims}D expected"))
     if num_channels is not None and info.channels != num_channels:
         why = f"{info.channels} channel(s), expected {num_channels} (spatial shape {sp})"
+        out.append(Problem(ref, key, shown, why))
+    elif num_channels is None and nd == 3 and info.channels > 1:
+        why = f"4D image: {info.channels} channels or time points of spatial shape {sp}, one expected; save one volume"
         out.append(Problem(ref, key, shown, why))
     return out
 
@@ -325,15 +358,17 @@ def assert_datalist_ok(
     """Like :func:`check_datalist`, but raise :class:`DataCheckError` on errors (and warnings if ``strict``).
 
     Returns:
-        the warnings, when there is no error.
+        the warnings, when there is no error; they are also logged as one table (``logging.WARNING``).
     """
     problems = check_datalist(
         datalist, keys, spatial_dims, num_channels, base_dir, sections, check_values, label_keys=label_keys
     )
     bad = [p for p in problems if strict or p.severity == ERROR]
+    name = datalist if isinstance(datalist, (str, os.PathLike)) else "datalist"
     if bad:
-        name = datalist if isinstance(datalist, (str, os.PathLike)) else "datalist"
         raise DataCheckError(problems, f"{name}: {len(bad)} problem(s)")
+    if problems:
+        logger.warning(f"{name}: {len(problems)} warning(s), training goes on:\n{format_problems(problems)}")
     return problems
 
 

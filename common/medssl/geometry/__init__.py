@@ -3,6 +3,8 @@
 * :mod:`.planes`: :class:`PlaneGeometry` from DICOM headers or NIfTI/MONAI affines (LPS vs RAS), pixel <-> patient,
   :func:`intersection_line` of plane B in image A, clear :class:`GeometryError` / :class:`ParallelPlanesError`.
 * :mod:`.heatmap`: the Gaussian line heat-map target (Eq. 1, sigma = 6 px): :func:`grid_heatmaps`, :func:`line_heatmap`.
+* :mod:`.lines`: the line read back from a heat-map (:func:`fit_heatmap_line`) and the distance in mm between the
+  true and a predicted line (:func:`line_distance_mm`, :func:`heatmap_line_distance_mm`): the orientation metric.
 * :mod:`.location`: relative slice location in a stack, linear (Eq. 3) or sine (Eq. 4), with stack validation:
   :func:`slice_stack`, :func:`relative_slice_locations`.
 * :mod:`.transforms`: MONAI array + dict transforms computing the targets on the final grid from the MetaTensor
@@ -16,6 +18,7 @@
 from typing import Any
 
 from .heatmap import grid_heatmaps, line_heatmap
+from .lines import fit_heatmap_line, grid_line_points, heatmap_line_distance_mm, line_distance_mm
 from .location import (
     BASE_TO_APEX_LPS,
     SliceStack,
@@ -62,9 +65,13 @@ __all__ = [
     "affine_to_lps",
     "as_plane_geometry",
     "cardiac_like_spec",
+    "fit_heatmap_line",
     "grid_heatmaps",
+    "grid_line_points",
+    "heatmap_line_distance_mm",
     "intersection_line",
     "knee_like_spec",
+    "line_distance_mm",
     "line_heatmap",
     "load_volume",
     "lps_to_ras",
