@@ -49,3 +49,27 @@ def test_two_classes_give_one_structure(overrides: dict, names: list[str]) -> No
 def test_wrong_number_of_class_names_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"has 3 name\(s\); num_classes 2 needs 1"):
         segmentation_metrics(2, 1.0, ["rv", "myo", "lv"])
+
+
+def _component_labels(parser: ConfigParser, section: str) -> list[int]:
+    transforms = parser[f"{section}#transforms"]
+    index = next(i for i, t in enumerate(transforms) if t["_target_"] == "KeepLargestConnectedComponentd")
+    return parser.get_parsed_content(f"{section}#transforms#{index}#applied_labels")
+
+
+def test_evaluation_and_inference_follow_num_classes() -> None:
+    """``evaluate.json`` saves the metrics ``train.json`` computes and keeps the largest component of every class,
+    and so does ``inference.json``, whatever ``num_classes`` (both named rv/myo/lv and classes 1-3)."""
+    overrides = {"num_classes": 2, "class_names": ["tumour"]}
+    evaluate = ConfigParser()
+    evaluate.read_config([str(CONFIG), str(CONFIG.with_name("evaluate.json"))])
+    evaluate.update(overrides)
+    savers = [i for i, h in enumerate(evaluate["validate#handlers"]) if h["_target_"] == "MetricsSaver"]
+    metrics = evaluate.get_parsed_content(f"validate#handlers#{savers[0]}#metrics")
+    assert metrics == ["val_mean_dice", "val_dice_tumour", "val_mean_assd", "val_assd_tumour"]
+    assert _component_labels(evaluate, "validate#postprocessing") == [1]
+
+    inference = ConfigParser()
+    inference.read_config(str(CONFIG.with_name("inference.json")))
+    inference.update(overrides)
+    assert _component_labels(inference, "postprocessing") == [1]
