@@ -42,11 +42,14 @@ class TrainingMeans:
         if self._means is None:
             sums: dict[str, torch.Tensor] = {}
             count = 0
-            for batch in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False):
-                for t in self.tasks:
-                    total = torch.as_tensor(batch[t], dtype=torch.float64).sum(0)
-                    sums[t] = sums[t] + total if t in sums else total
-                count += len(batch[self.tasks[0]])
+            # a DataLoader draws its base seed from torch's generator: computed on first use, the means must leave
+            # it alone, or a resumed run (which computes them at another epoch) would not repeat an uninterrupted one
+            with torch.random.fork_rng(devices=[]):
+                for batch in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False):
+                    for t in self.tasks:
+                        total = torch.as_tensor(batch[t], dtype=torch.float64).sum(0)
+                        sums[t] = sums[t] + total if t in sums else total
+                    count += len(batch[self.tasks[0]])
             if count == 0:
                 raise RuntimeError("TrainingMeans: the dataset is empty")
             self._means = {t: (s / count).float() for t, s in sums.items()}
