@@ -99,7 +99,7 @@ class OnlineProbe:
     probe on does not change the training run.
 
     Args:
-        loader: yields MONAI dict batches with ``image`` and ``label``: a class index per item, or a label map whose
+        loader: yields MONAI dict batches with ``image`` and ``label_key``: a class index per item, or a label map whose
             class is the presence of foreground (1 if any voxel > 0, else 0), see :func:`probe_classes`. Use
             deterministic transforms, and no ``DistributedSampler``: every process probes the whole set.
         embed: ``embed(images) -> (N, D)`` features (trailing dimensions are flattened). It runs under
@@ -110,6 +110,8 @@ class OnlineProbe:
         summary_writer: a ``SummaryWriter`` (or anything with ``add_scalar``); None logs only to the metrics.
         tag_prefix: prefix of every tag and metric name.
         device: where the images go before ``embed``.
+        label_key: key of the class (pre-training configs use another key than ``label``, which MONAI Label
+            reserves for annotations).
 
     Raises ``ValueError`` when the probe set is empty or holds a single class (no accuracy could mean anything), or
     when ``loader`` splits it between processes (a ``DistributedSampler``).
@@ -132,6 +134,7 @@ class OnlineProbe:
         summary_writer: Any = None,
         tag_prefix: str = "probe",
         device: str | torch.device = "cpu",
+        label_key: str = "label",
     ) -> None:
         if isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
             raise ValueError(
@@ -144,6 +147,7 @@ class OnlineProbe:
         self.summary_writer = summary_writer
         self.tag_prefix = tag_prefix
         self.device = torch.device(device)
+        self.label_key = label_key
         self.untrained: dict[str, float] = {}
 
     def attach(self, engine: Engine) -> None:
@@ -199,7 +203,7 @@ class OnlineProbe:
                 for batch in self.loader:
                     images = torch.as_tensor(batch["image"]).to(self.device)
                     features.append(torch.as_tensor(self.embed(images)).detach().float().reshape(len(images), -1).cpu())
-                    labels.append(probe_classes(batch["label"], len(images)))
+                    labels.append(probe_classes(batch[self.label_key], len(images)))
         finally:
             for module, training in modes:
                 module.train(training)
