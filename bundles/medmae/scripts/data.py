@@ -441,8 +441,9 @@ def _resize2d(img: NdarrayOrTensor, size: tuple[int, int], mode: str, antialias:
     scale = torch.eye(4, dtype=torch.float64)
     for i, (old, new) in enumerate(zip(img.shape[1:], size)):
         scale[i, i], scale[i, 3] = old / new, (old / new - 1) / 2
+    # "spatial_shape" stays the loaded image's (as MONAI's Resize leaves it): MONAI Label restores predictions to it
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
-    out = MetaTensor(out, affine=img.affine.to(torch.float64) @ scale, meta={**meta, "spatial_shape": size})
+    out = MetaTensor(out, affine=img.affine.to(torch.float64) @ scale, meta=meta)
     out.applied_operations = list(img.applied_operations)
     return out
 
