@@ -16,7 +16,7 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose, EnsureTyped, LoadImaged, Resized
 
 from medssl.data import BadSampleReporter, SkipBadSamplesDataset
-from medssl.data.robust import BadSampleError, failure_reason
+from medssl.data.robust import BadSampleError, RobustDataset, failure_reason
 
 TRANSFORM = Compose(
     [
@@ -148,3 +148,12 @@ def test_temporary_record_file_is_removed(files):
     assert path.exists()
     del ds
     assert not path.exists()
+
+
+def test_robust_dataset_cache_gives_the_same_items_and_shares_repeats(files):
+    items = [{"image": files["good0"]}, {"image": files["good1"]}] * 3
+    plain, cached = RobustDataset(items, TRANSFORM), RobustDataset(items, TRANSFORM, cache=True)
+    assert isinstance(cached.dataset, CacheDataset) and not isinstance(plain.dataset, CacheDataset)
+    assert len(cached.dataset._cache) == 2  # the repeated items are cached once
+    for i in range(len(items)):
+        assert torch.equal(plain[i]["image"], cached[i]["image"])

@@ -1,4 +1,5 @@
-"""Check that a model trained with DistributedDataParallel sees the same loss and gradients as on one process.
+"""DistributedDataParallel helpers: the end of a multi-process run, and a check that DDP sees the same loss and
+gradients as one process.
 
 Every bundle's ``multi_gpu_*.json`` shards each global batch over the processes; DDP averages the gradients. For a
 loss that is a mean over the batch this must equal one process on the whole batch (within float tolerance). This
@@ -17,13 +18,24 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["ddp_loss_and_grads", "seeded_model", "single_loss_and_grads"]
+__all__ = ["ddp_loss_and_grads", "end_process_group", "seeded_model", "single_loss_and_grads"]
 
 # seconds for a whole check, and for the process group to form (a loaded CI machine needs minutes)
 TIMEOUT = float(os.environ.get("MEDSSL_DDP_TIMEOUT", 600))
 GRACE = 30.0  # seconds a rank may still take to exit once the result is written
 ModelFn = Callable[[], torch.nn.Module]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def end_process_group() -> None:
+    """Leave the default process group once every rank is done with it (the ``finalize`` of ``multi_gpu_*.json``).
+
+    Rank 0 runs validation and saving after the other ranks finish their last iteration; a rank that destroys the
+    group meanwhile can make gloo abort the process (SIGABRT) instead of exiting cleanly.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def seeded_model(factory: Callable[..., torch.nn.Module], seed: int = 0, eval_mode: bool = False, **kwargs):

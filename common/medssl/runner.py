@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ __all__ = [
     "BundleRunError",
     "ResumeTrial",
     "copy_bundle",
+    "failure_excerpt",
     "fill_placeholders",
     "run_config",
     "run_crashed_and_resumed",
@@ -93,6 +95,17 @@ def start_config(
     return proc, log_path
 
 
+_CAUSE = re.compile(r"Error|Exception|terminate called|what\(\)|Traceback")
+
+
+def failure_excerpt(log: str, tail: int = 40, causes: int = 12) -> str:
+    """The last ``tail`` lines of a failed run's log, preceded by its first lines naming a cause (under torchrun
+    the failing rank's own message comes long before the launcher's summary at the end)."""
+    lines = log.splitlines()
+    early = [line for line in lines[:-tail] if _CAUSE.search(line)][:causes]
+    return "\n".join(([*early, "[...]"] if early else []) + lines[-tail:])
+
+
 def run_config(
     bundle_root: str | Path,
     config_files: str | Sequence[str],
@@ -111,7 +124,7 @@ def run_config(
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     if returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        tail = failure_excerpt(log_path.read_text(errors="replace"))
         what = (
             f"{' '.join([config_files] if isinstance(config_files, str) else config_files)} of {Path(bundle_root).name}"
         )
@@ -158,7 +171,7 @@ def run_crashed_and_resumed(
     env = {CRASH_AT_ITERATION: str(crash_at)}
     proc, log = start_config(crashed, config, overrides, log_file=workdir / "crashed.log", env=env)
     if proc.wait() != -signal.SIGKILL:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        tail = failure_excerpt(log.read_text(errors="replace"))
         raise BundleRunError(f"{config} did not crash at iteration {crash_at} (exit {proc.returncode}):\n{tail}")
     checkpoint = crashed / "models" / f"last_{stem}.pt"
     state = torch.load(checkpoint, weights_only=True) if checkpoint.is_file() else {}

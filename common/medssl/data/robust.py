@@ -234,9 +234,20 @@ class RobustDataset(SkipBadSamplesDataset):
 
     Bundle configs use it as ``train#dataset`` so that ``train#dataset#data`` (which MONAI Label overrides) and
     ``train#dataloader#dataset: "@train#dataset"`` (which MONAI's workflow property checks expect) keep their form.
+
+    With ``cache=True`` the deterministic part of ``transform`` is cached in memory once per distinct item
+    (MONAI's ``CacheDataset`` keyed by content, so ``dataset_repeats`` copies share one entry); a sample that fails while
+    caching stops the run at start-up instead of being skipped.
     """
 
-    def __init__(self, data: Sequence, transform: Any = None, skip_bad_samples: bool = True, **kwargs: Any) -> None:
-        from monai.data import Dataset
+    def __init__(
+        self, data: Sequence, transform: Any = None, skip_bad_samples: bool = True, cache: bool = False, **kwargs: Any
+    ) -> None:
+        from monai.data import CacheDataset, Dataset
 
-        super().__init__(Dataset(data=data, transform=transform), skip_bad_samples=skip_bad_samples, **kwargs)
+        dataset = (
+            CacheDataset(data=data, transform=transform, hash_as_key=True, progress=False)
+            if cache
+            else Dataset(data=data, transform=transform)
+        )
+        super().__init__(dataset, skip_bad_samples=skip_bad_samples, **kwargs)
