@@ -48,6 +48,16 @@ def test_plan_has_well_formed_pretext_checks(plan):
         validate_check(check)
 
 
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.stem)
+def test_plan_checks_the_fine_tuned_metric_against_a_baseline(plan):
+    """A fine-tuning that scores like a constant prediction (Dice 0, AUC 0.5) must fail the demo, not print."""
+    finetune = json.loads(plan.read_text())["finetune"]
+    assert finetune.get("checks"), f"{plan.name}: no fine-tuning 'checks'"
+    for check in finetune["checks"]:
+        validate_check(check)
+        assert check["tag"] == finetune["metric_tag"] and check["op"] in (">", ">=")
+
+
 @pytest.mark.parametrize(
     "check",
     [

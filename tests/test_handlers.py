@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ignite.engine import Engine
 from PIL import Image
 
-from medssl.handlers import ImageGridSaver, PerClassAUC, middle_slice
+from medssl.handlers import ImageGridSaver, PerClassAUC, everywhere_prediction, middle_slice
 
 
 def _evaluator(batches: list[list[dict]]) -> Engine:
@@ -41,3 +42,16 @@ def test_image_grid_has_one_row_per_sample_and_one_column_per_key(tmp_path):
     assert [p.split("/")[-1] for p in saver.saved] == ["t_epoch0001.png", "t_epoch0002.png"]
     width, height = Image.open(saver.saved[-1]).size
     assert width < height * 1.5, "2 columns and 2 rows give a roughly square figure"
+
+
+def test_everywhere_prediction_scores_each_class_as_a_constant_prediction():
+    from monai.handlers import MeanDice
+
+    label = torch.zeros(1, 4, 4)
+    label[0, :2, :2] = 1  # 4 of 16 pixels
+    onehot = torch.cat([1 - label, label])
+    metric = MeanDice(include_background=False, output_transform=everywhere_prediction)
+    engine = Engine(lambda e, b: b)
+    metric.attach(engine, "baseline")
+    engine.run([[{"pred": onehot, "label": onehot}]])
+    assert engine.state.metrics["baseline"] == pytest.approx(2 * 4 / (4 + 16))

@@ -1,5 +1,5 @@
-"""Ignite handlers: PNG grids of inputs, targets and predictions, per-class AUC, and a guard that stops a trainer
-with one clear line on an empty data loader or a NaN/Inf loss."""
+"""Ignite handlers: PNG grids of inputs, targets and predictions, per-class AUC, a segmentation metric's trivial
+baseline, and a guard that stops a trainer with one clear line on an empty data loader or a NaN/Inf loss."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
-__all__ = ["ImageGridSaver", "NonFiniteLossError", "PerClassAUC", "TrainingGuard", "batch_files", "middle_slice"]
+__all__ = [
+    "ImageGridSaver",
+    "NonFiniteLossError",
+    "PerClassAUC",
+    "TrainingGuard",
+    "batch_files",
+    "everywhere_prediction",
+    "middle_slice",
+]
 
 
 def middle_slice(image: torch.Tensor | np.ndarray, channel: int = 0) -> np.ndarray:
@@ -125,6 +133,17 @@ def _per_sample(output: list[dict] | dict) -> list[dict]:
         batch = len(next(iter(output.values())))
         return [{k: v[i] for k, v in output.items() if isinstance(v, torch.Tensor)} for i in range(batch)]
     return list(output)
+
+
+def everywhere_prediction(output: list[dict] | dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Output transform giving a segmentation metric the trivial baseline it must beat: every class predicted at
+    every voxel (``(pred, label)`` with ``pred`` all ones, for one-hot ``label``).
+
+    With ``MeanDice(include_background=False)`` class ``c`` scores ``2|G_c| / (|G_c| + N)`` (``N`` voxels): the
+    best Dice a constant prediction of that class reaches. A model at or below it has learned nothing spatial.
+    """
+    labels = [item["label"] for item in _per_sample(output)]
+    return [torch.ones_like(label) for label in labels], labels
 
 
 class PerClassAUC:
