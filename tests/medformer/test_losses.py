@@ -1,4 +1,5 @@
-"""VICReg against a hand computation, the per-task losses, and VICReg under 2-process DDP (global covariance)."""
+"""VICReg against hand computations (the official code's variance mean), the per-task losses, and VICReg under
+2-process DDP (global covariance)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _vicreg_numpy(z1, z2, lam=25.0, mu=25.0, nu=1.0, alpha=1.0, beta=1.0, gamma=
         c = np.cov(z, rowvar=False)
         return (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / d
 
-    return lam * (alpha * mse + beta * cos) + mu * (var(z1) + var(z2)) + nu * (cov(z1) + cov(z2))
+    return lam * (alpha * mse + beta * cos) + mu * (var(z1) + var(z2)) / 2 + nu * (cov(z1) + cov(z2))
 
 
 def test_vicreg_matches_the_formula():
@@ -44,7 +45,29 @@ def test_vicreg_terms_vanish_where_they_should():
     assert terms["variance"] == 0.0  # every std is above gamma = 1
     assert terms["covariance"] == 0.0  # the two features are uncorrelated
     collapsed = loss.terms(torch.ones(4, 2), torch.ones(4, 2))
-    assert abs(collapsed["variance"].item() - 2 * (1 - 1e-2)) < 1e-6  # std 0: each view costs gamma - sqrt(eps)
+    assert abs(collapsed["variance"].item() - (1 - 1e-2)) < 1e-6  # std 0: each view costs gamma - sqrt(eps)
+
+
+def test_vicreg_on_two_tiny_embeddings_averages_the_variance_over_the_branches():
+    """Two views of 2 samples x 2 features, by hand (lambda = mu = 25, nu = 1, alpha = beta = 1, eps = 1e-4).
+
+    Z = [[1, 1], [3, 1]], Z' = [[1, 2], [3, 0]]; unbiased variances: Z (2, 0), Z' (2, 2).
+    * invariance: MSE = (0 + 1 + 0 + 1) / 4 = 0.5; both rows have cos = 3 / sqrt(10): s = 0.5 + 1 - 3 / sqrt(10);
+    * variance: v(Z) = (relu(1 - sqrt(2 + eps)) + relu(1 - sqrt(eps))) / 2 = (1 - sqrt(eps)) / 2, v(Z') = 0;
+      facebookresearch/vicreg: std_loss = v(Z) / 2 + v(Z') / 2;
+    * covariance: C(Z)_12 = 0, C(Z')_12 = (-1 * 1 + 1 * -1) / 1 = -2: c = 0 + 2 * (-2)**2 / 2 = 4.
+
+    Catches: the variance summed over the branches (paper Eq. 6; +25 * (1 - sqrt(eps)) / 4 = 6.1875 here, the
+    loss this bundle computed before) or divided by 2 twice; any term mis-weighted.
+    """
+    eps = 1e-4
+    z = torch.tensor([[[1.0, 1.0], [1.0, 2.0]], [[3.0, 1.0], [3.0, 0.0]]], dtype=torch.float64)  # (B, V, D)
+    invariance = 0.5 + 1 - 3 / 10**0.5
+    variance_z = (1 - eps**0.5) / 2
+    expected = 25 * invariance + 25 * (variance_z + 0.0) / 2 + 1 * (0.0 + 4.0)
+    assert abs(VICRegLoss(eps=eps)(z).item() - expected) < 1e-9
+    paper = VICRegLoss(eps=eps, variance_reduction="sum")(z).item()
+    assert abs(paper - (expected + 25 * variance_z / 2)) < 1e-9
 
 
 def test_task_losses():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from medssl.checkpoint import CheckpointMismatchError
 from scripts.networks import (
@@ -51,9 +53,10 @@ def test_small_preset_parameter_counts():
         "num_heads",
         "num_latents",
         "latent_dim",
+        "mlp_ratio",
     )
     net = Medformer(DOMAINS, TASKS, **{k: preset[k] for k in keys}, num_task_latents=preset["num_task_latents"])
-    h, mlp, m, dl = 128, 512, 32, 64
+    h, mlp, m, dl = 128, 256, 32, 64
     assert sum(p.numel() for p in net.body.parameters()) == 4 * _block_params(h, mlp)
     patch = {k: v.numel() for k, v in net.input_adaptformer.patch_embed.named_parameters()}
     assert patch["2d_c3.patch_embeddings.weight"] == 3 * 4 * 4 * h
@@ -62,6 +65,31 @@ def test_small_preset_parameter_counts():
     assert latents.base_latent.shape == (m, dl) and latents.modality_latents["ct"].shape == (m, dl)
     assert sum(p.numel() for p in net.heads.parameters()) == sum((h + 1) * n for n in TASKS.values())
     assert net.output_adaptformer.task_latents["chest"].shape == (32, 64)
+
+
+@pytest.mark.parametrize(
+    ("preset", "config", "count"),
+    [
+        ("small", "train.json", 1_240_428),
+        ("small", "pretrain.json", 3_425_024),
+        ("large", "train.json", 38_624_876),
+        ("large", "pretrain.json", 174_679_552),
+    ],
+)
+def test_preset_parameter_counts_of_the_18_dataset_networks(preset, config, count):
+    """Exact parameter counts of the configs' networks (all 18 MedMNIST datasets) with each preset merged.
+
+    The thesis states no parameter count; section 4.7.2 gives the hyper-parameters, among them ``mlp_ratio`` 2
+    (small) and 4 (large). Small classifier: 1,240,428 (1,700,972 with the earlier ratio 4: 7 MLPs, 4 body + 2
+    input + 1 output Adaptformer blocks, each 128 x 256 x 2 + 256 weights more = 65,792); the pre-training
+    networks add the expander (1024 x 3 small, 8192 x 3 large). Catches: a preset's ``mlp_ratio`` (or any size)
+    changed or not reaching the network, a block added or dropped.
+    """
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / config), str(BUNDLE / "configs" / "presets" / f"{preset}.json")])
+    with torch.device("meta"):
+        net = parser.get_parsed_content("network_def")
+    assert sum(p.numel() for p in net.parameters()) == count
 
 
 def test_every_input_becomes_the_same_canonical_tokens():
@@ -179,6 +207,28 @@ def test_fine_tuning_loads_the_pretrained_shared_weights(tmp_path):
     torch.save(smaller, tmp_path / "broken.pt")
     with pytest.raises(CheckpointMismatchError, match="shared"):
         load_medformer(net, str(tmp_path / "broken.pt"))
+
+
+def test_loading_names_shared_weights_the_model_lacks_and_lists_new_entries_once(tmp_path, caplog):
+    """A checkpoint of a 2-layer body into a 1-layer model fails naming ``body.1.*``; a checkpoint without a new
+    dataset's entries loads, listing them in one log line. Catches: extra shared weights silently ignored (the
+    earlier ``strict=False`` load with only an INFO line), or new heads/latents refused."""
+    torch.save({"model": MedformerSSL(_tiny(num_layers=2), expander_dims=(6, 6)).state_dict()}, tmp_path / "deep.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"the model lacks \(13\): \['body\.1\.") as error:
+        load_medformer(_tiny(), str(tmp_path / "deep.pt"))
+    assert "body.1.mlp.linear1.weight" in str(error.value) and "lacks shared" not in str(error.value)
+    ssl = MedformerSSL(_tiny(), expander_dims=(6, 6), rotation=True, jigsaw=True, reconstruction=True)
+    torch.save({"model": ssl.state_dict()}, tmp_path / "pretrained.pt")
+    net = _tiny()
+    net.add_domain("liver3d", 3, 1, "pet", "liver")
+    net.add_task("liver3d", 2)
+    with caplog.at_level(logging.INFO, logger="scripts.networks"):
+        load_medformer(net, str(tmp_path / "pretrained.pt"))
+    fresh = [r.getMessage() for r in caplog.records if r.name == "scripts.networks"]
+    assert len(fresh) == 1 and "start fresh (5)" in fresh[0]
+    for key in ("modality_latents.pet", "body_part_latents.liver", "task_latents.liver3d", "heads.liver3d.bias"):
+        assert key in fresh[0]
+    torch.testing.assert_close(net.body[0].attn.qkv.weight, ssl.medformer.body[0].attn.qkv.weight)
 
 
 def test_single_task_training_updates_only_its_latents_and_head():

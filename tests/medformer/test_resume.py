@@ -1,4 +1,9 @@
-"""A VICReg pre-training on two datasets (2D and 3D), killed mid-epoch, resumes with the same losses."""
+"""A VICReg pre-training on two datasets (2D and 3D), killed mid-epoch, resumes with the same losses.
+
+Epochs are ``epoch_length`` = 4 steps while a pass over the data is 6 batches, so the killed epoch 2 spans the end of
+pass 1 and the start of pass 2: a resumed run that restarted a pass at each epoch, or lost the position in the
+stream of passes, would see other batches and log other losses.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from medssl.runner import run_crashed_and_resumed
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "medformer"
 TINY = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_latents": 4, "latent_dim": 8, "num_task_latents": 2}
-EPOCHS, ITERS = 3, 6  # 2 datasets x 12 training samples, batches of 4
+EPOCHS, ITERS = 3, 4  # 2 datasets x 12 training samples, batches of 4: passes of 6 batches, epochs of 4
 
 
 @pytest.mark.slow
@@ -25,6 +30,7 @@ def test_killed_pretraining_resumes_with_identical_losses(tmp_path, make_npz):
         "dataset_dir": str(data),
         "datasets": ["breastmnist", "organmnist3d"],
         "epochs": EPOCHS,
+        "epoch_length": ITERS,
         "batch_size": 4,
         "expander_dims": [16, 16],
         "num_workers": 0,

@@ -425,6 +425,11 @@ class TaskBatchSampler(torch.utils.data.Sampler):
     VICReg's variance and covariance of a one-sample batch are NaN, so pre-training uses ``min_batch_size=2``.
     :class:`SamplerEpochSetter` gives each epoch a new, reproducible order (seeded by ``seed`` and the trainer's
     epoch, hence restored exactly by a resumed run).
+
+    ``epoch_length`` (the thesis's pre-training "epoch" of 39 steps) makes an epoch a fixed number of batches: the
+    passes above (pass ``k`` ordered as epoch ``k`` would be) are chained into one stream and epoch ``e`` (from 1)
+    takes its batches ``(e - 1) * epoch_length`` to ``e * epoch_length - 1``, so every sample is still seen once per
+    pass and the batches of an epoch depend only on ``seed`` and ``e``. ``None``: an epoch is one pass.
     """
 
     def __init__(
@@ -439,7 +444,10 @@ class TaskBatchSampler(torch.utils.data.Sampler):
         seed: int = 0,
         min_batch_size: int = 1,
         names: Sequence[str] | None = None,
+        epoch_length: int | None = None,
     ) -> None:
+        if epoch_length is not None and epoch_length < 1:
+            raise ValueError(f"epoch_length must be a positive number of batches or None, got {epoch_length}")
         if sampling not in ("proportional", "balanced"):
             raise ValueError(f"sampling must be 'proportional' or 'balanced', got '{sampling}'")
         if batch_size < min_batch_size:
@@ -459,13 +467,28 @@ class TaskBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.seed = seed
         self.min_batch_size = min_batch_size
+        self.epoch_length = epoch_length
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _global_batches(self) -> list[torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.epoch_length is None:
+            return self._pass(self.epoch)
+        per_pass = len(self._pass(1))
+        if per_pass == 0:
+            return []
+        start = max(self.epoch - 1, 0) * self.epoch_length
+        stop = start + self.epoch_length
+        first, last = start // per_pass + 1, (stop - 1) // per_pass + 1
+        stream = [batch for k in range(first, last + 1) for batch in self._pass(k)]
+        offset = (first - 1) * per_pass
+        return stream[start - offset : stop - offset]
+
+    def _pass(self, number: int) -> list[torch.Tensor]:
+        """The global batches of one pass over every dataset, in the order seeded by ``seed + number``."""
+        generator = torch.Generator().manual_seed(self.seed + number)
         step = self.batch_size * self.num_replicas
         offsets = np.cumsum([0, *self.sizes])
         per_set = None
@@ -493,7 +516,7 @@ class TaskBatchSampler(torch.utils.data.Sampler):
             batches += own
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-        return batches
+        return [batch for batch in batches if len(batch)]  # a dataset under one global batch leaves an empty split
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._global_batches():

@@ -88,8 +88,10 @@ class VICRegLoss(nn.Module):
     * invariance ``s = alpha * mean((Z - Z')**2) + beta * mean_i(1 - cos(z_i, z'_i))``;
     * variance ``v(Z) = mean_j relu(gamma - sqrt(Var(Z_j) + eps))``;
     * covariance ``c(Z) = sum_{i != j} C(Z)_ij**2 / D`` with ``C`` the unbiased covariance matrix;
-    * ``loss = lambda * s + mu * (v(Z) + v(Z')) + nu * (c(Z) + c(Z'))``.
+    * ``loss = lambda * s + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z'))``.
 
+    The variance term is the mean over the two branches, as in facebookresearch/vicreg (``std_loss``), on which the
+    coefficients 25/25/1 were tuned; the paper's Eq. 6 sums it (``variance_reduction="sum"``: twice the weight).
     With more than two views every pair of consecutive views is used and the terms averaged.
 
     Args:
@@ -97,6 +99,7 @@ class VICRegLoss(nn.Module):
         alpha_mse, beta_cos: weights of the invariance's MSE and cosine parts (1, 1; the thesis does not give them).
         gamma: target standard deviation (1); eps: variance stabiliser (1e-4).
         gather: compute over the global batch under DDP.
+        variance_reduction: ``"mean"`` (official code) or ``"sum"`` (paper) of the two branches' variance terms.
     """
 
     def __init__(
@@ -109,8 +112,12 @@ class VICRegLoss(nn.Module):
         gamma: float = 1.0,
         eps: float = 1e-4,
         gather: bool = True,
+        variance_reduction: str = "mean",
     ) -> None:
         super().__init__()
+        if variance_reduction not in ("mean", "sum"):
+            raise ValueError(f"variance_reduction must be 'mean' or 'sum', got '{variance_reduction}'")
+        self.variance_scale = 0.5 if variance_reduction == "mean" else 1.0
         self.lambda_inv, self.mu_var, self.nu_cov = lambda_inv, mu_var, nu_cov
         self.alpha_mse, self.beta_cos = alpha_mse, beta_cos
         self.gamma, self.eps = gamma, eps
@@ -131,12 +138,12 @@ class VICRegLoss(nn.Module):
         return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
 
     def terms(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three (unweighted) terms of one pair of views."""
+        """The three (unweighted) terms of one pair of views, the variance reduced over the branches."""
         if self.gather:
             z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
         return {
             "invariance": self.invariance(z1, z2),
-            "variance": self.variance(z1) + self.variance(z2),
+            "variance": self.variance_scale * (self.variance(z1) + self.variance(z2)),
             "covariance": self.covariance(z1) + self.covariance(z2),
         }
 

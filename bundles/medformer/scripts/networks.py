@@ -13,6 +13,7 @@ Latents and heads are kept in dictionaries keyed by name, so a new modality, bod
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,8 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from torch import nn
 
 from medssl.checkpoint import CheckpointMismatchError, load_state
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "InputAdaptformer",
@@ -210,7 +213,7 @@ class Medformer(nn.Module):
         hidden_size: token width (128 small, 512 large).
         num_layers: body blocks (4 small, 6 large).
         num_heads: attention heads (4 small, 8 large).
-        mlp_ratio: MLP width / hidden_size.
+        mlp_ratio: MLP width / hidden_size (2 small, 4 large).
         num_latents: canonical tokens of the Input Adaptformer (32 small, 512 large).
         latent_dim: width of every latent table (64 small, 256 large).
         num_task_latents: tokens of each task latent (default ``num_latents``).
@@ -228,7 +231,7 @@ class Medformer(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 4,
         num_heads: int = 4,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = 2.0,
         num_latents: int = 32,
         latent_dim: int = 64,
         num_task_latents: int | None = None,
@@ -475,25 +478,35 @@ _PER_NAME = re.compile(
     r"^(heads\.|output_adaptformer\.task_latents\.|input_adaptformer\.(modality_latents|body_part_latents)\.|"
     r"input_adaptformer\.patch_embed\.)"
 )
+_SSL_WRAPPER = r"^(expander|reconstruction_heads)\.|^permutations_[23]d$"
 
 
 def load_medformer(network: nn.Module, path: str | None) -> nn.Module:
     """Initialise a Medformer (or a wrapper holding one as ``medformer``) from a pre-training or training checkpoint.
 
-    Shared weights must all match. Entries keyed by name (task latents and heads, modality and body-part latents,
-    patch paths) may be absent from the checkpoint (new tasks and domains start fresh); the checkpoint's other
-    named entries (the expander, pretext heads, tasks not trained now) are ignored. ``path`` empty: no-op.
+    Shared weights (the Input Adaptformer's base and dimensionality latents, projection and attention blocks, the
+    body, the Output Adaptformer's blocks) must match exactly: one missing from the checkpoint, or one the
+    checkpoint has and the model lacks (e.g. a deeper body), raises a
+    ``CheckpointMismatchError`` naming the keys. Entries keyed by name (task latents and heads, modality and
+    body-part latents, patch paths) may be absent from the checkpoint (new tasks and domains start fresh, listed
+    in one log line); the checkpoint's other named entries (tasks not trained now) and the pre-training wrapper's
+    own weights (expander, pretext heads and permutations) are ignored. ``path`` empty: no-op.
     """
     if not path:
         return network
     model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
     model = model.medformer if hasattr(model, "medformer") else model
-    report = load_state(
-        model, path, strict=False, prefix_map={"medformer.": ""}, exclude=r"^(expander|reconstruction_heads)\."
-    )
-    shared_missing = [k for k in report.missing if not _PER_NAME.match(k)]
-    if shared_missing:
-        raise CheckpointMismatchError(f"{path} lacks shared Medformer weights: {shared_missing[:10]}")
+    report = load_state(model, path, strict=False, prefix_map={"medformer.": ""}, exclude=_SSL_WRAPPER)
+    shared = {
+        "lacks shared Medformer weights": [k for k in report.missing if not _PER_NAME.match(k)],
+        "has shared Medformer weights the model lacks": [k for k in report.unexpected if not _PER_NAME.match(k)],
+    }
+    problems = [f"{path} {what} ({len(keys)}): {keys[:10]}" for what, keys in shared.items() if keys]
+    if problems:
+        raise CheckpointMismatchError("; ".join(problems) + ". Use the same model sizes as the checkpoint.")
+    fresh = [k for k in report.missing if _PER_NAME.match(k)]
+    if fresh:
+        logger.info(f"{path}: new entries, not in the checkpoint, start fresh ({len(fresh)}): {fresh}")
     return network
 
 
