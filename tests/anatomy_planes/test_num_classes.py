@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser
 from scripts.finetune import segmentation_metrics
 
 CONFIG = Path(__file__).resolve().parents[2] / "bundles" / "anatomy_planes" / "configs" / "train.json"
+BASELINE = "val_mean_dice_baseline_everywhere"  # train.json's trivial baseline, whatever num_classes
 
 
 def _metrics(**overrides) -> dict:
@@ -35,13 +36,13 @@ def _evaluate(metrics: dict, num_classes: int) -> dict:
 
 def test_default_metric_names_are_the_acdc_structures() -> None:
     names = ["val_dice_rv", "val_dice_myo", "val_dice_lv", "val_mean_assd", "val_assd_rv", "val_assd_myo"]
-    assert list(_metrics()) == [*names, "val_assd_lv"]
+    assert list(_metrics()) == [*names, "val_assd_lv", BASELINE]
 
 
 @pytest.mark.parametrize("overrides, names", [({}, ["1"]), ({"class_names": ["tumour"]}, ["tumour"])])
 def test_two_classes_give_one_structure(overrides: dict, names: list[str]) -> None:
     metrics = _metrics(num_classes=2, **overrides)
-    assert list(metrics) == [f"val_dice_{names[0]}", "val_mean_assd", f"val_assd_{names[0]}"]
+    assert list(metrics) == [f"val_dice_{names[0]}", "val_mean_assd", f"val_assd_{names[0]}", BASELINE]
     values = _evaluate(metrics, 2)
     assert values[f"val_dice_{names[0]}"] == pytest.approx(1.0) and values["val_mean_assd"] == pytest.approx(0.0)
 
@@ -66,7 +67,7 @@ def test_evaluation_and_inference_follow_num_classes() -> None:
     evaluate.update(overrides)
     savers = [i for i, h in enumerate(evaluate["validate#handlers"]) if h["_target_"] == "MetricsSaver"]
     metrics = evaluate.get_parsed_content(f"validate#handlers#{savers[0]}#metrics")
-    assert metrics == ["val_mean_dice", "val_dice_tumour", "val_mean_assd", "val_assd_tumour"]
+    assert metrics == ["val_mean_dice", "val_dice_tumour", "val_mean_assd", "val_assd_tumour", BASELINE]
     assert _component_labels(evaluate, "validate#postprocessing") == [1]
 
     inference = ConfigParser()
