@@ -87,11 +87,30 @@ def test_random_masking_keeps_smallest_noise_per_sample():
         assert torch.equal(order[b][ids_restore[b]], torch.arange(16))  # ids_restore inverts the shuffle
     assert (mask.sum(1) == 12).all()
     assert len({tuple(m.tolist()) for m in mask}) == 6, "every sample gets its own mask"
-    # nearest integer: 16 · 0.3 = 4.8 → 5 visible (not the 4 of truncation), 16 · 0.4 = 6.4 → 6
-    assert net.random_masking(tokens, mask_ratio=0.7)[0].shape[1] == 5
+    # truncation, as MAE: 16 · 0.3 = 4.8 → 4 visible (not the 5 of rounding), 16 · 0.4 = 6.4 → 6
+    assert net.random_masking(tokens, mask_ratio=0.7)[0].shape[1] == 4
     assert net.random_masking(tokens, mask_ratio=0.6)[0].shape[1] == 6
     with pytest.raises(ValueError, match="mask_ratio"):
         net.num_visible(1.0)
+    with pytest.raises(ValueError, match="keeps no patch"):
+        net.num_visible(0.95)  # int(16 · 0.05) = 0
+
+
+@pytest.mark.parametrize("ratio, visible", [(0.75, 49), (0.9, 19), (0.5, 98)])
+def test_num_visible_truncates_like_mae(ratio, visible):
+    """MAE's ``len_keep = int(L * (1 - mask_ratio))`` on the 196 patches of 224², patch 16.
+
+    Catches rounding instead of truncation: 196 · 0.1 = 19.6 would keep 20 patches at 0.9 (and a plain ``L - int(L ·
+    ratio)`` keeps 20 too); the mask of a forward pass must hide exactly ``196 - visible`` patches.
+    """
+    torch.manual_seed(0)
+    net = MaskedAutoencoderViT(
+        img_size=224, patch_size=16, **(DECODER | {"hidden_size": 8, "num_layers": 1, "num_heads": 2, "mlp_dim": 8})
+    )
+    assert net.num_visible(ratio) == visible
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 224, 224), mask_ratio=ratio)
+    assert patchify(out[:, 1:], 16)[..., 0].sum() == 196 - visible
 
 
 def test_forward_output_carries_prediction_and_mask():
@@ -325,6 +344,39 @@ def test_segmenter_head_and_frozen_encoder():
     )
     with pytest.raises(ValueError, match="patch_size 8"):
         MAESegmenter(**ENCODER)  # the paper's four layers need patch 16
+
+
+def _head_params(widths: tuple[int, ...], hidden: int, out: int, refine: bool) -> int:
+    """Transposed convs 2×2 (+ 3×3 convs of the same width when ``refine``) and the 1×1 output conv, with biases."""
+    chans = (hidden, *widths)
+    total = sum(a * b * 4 + b for a, b in zip(chans, chans[1:])) + widths[-1] * out + out
+    return total + (sum(c * c * 9 + c for c in widths) if refine else 0)
+
+
+def test_segmenter_head_paper_text_and_authors_code():
+    """The paper's head (ConvT → GELU) by default; ``refine_conv`` gives the authors' ConvT → 3×3 conv → GELU.
+
+    Catches a default that is not the paper's text, a missing/misplaced 3×3 convolution (after the GELU, or
+    changing the width) and a wrong kernel/padding, by layer order and by the hand-computed ViT-B head sizes
+    (959,010 paper, 1,742,850 authors' code, 2 classes).
+    """
+    torch.manual_seed(0)
+    seg = MAESegmenter(**ENCODER, out_channels=2, head_channels=(16, 8, 4), refine_conv=True)
+    assert [type(m).__name__ for m in seg.head] == ["ConvTranspose2d", "Conv2d", "GELU"] * 3 + ["Conv2d"]
+    refine = [m for m in seg.head[:-1] if type(m) is torch.nn.Conv2d]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in refine] == [
+        (16, 16, (3, 3), (1, 1)),
+        (8, 8, (3, 3), (1, 1)),
+        (4, 4, (3, 3), (1, 1)),
+    ]
+    assert seg(torch.rand(2, 1, 32, 32)).shape == (2, 2, 32, 32)
+    with torch.device("meta"):
+        paper, code = (MAESegmenter(out_channels=2, refine_conv=refine) for refine in (False, True))
+    assert n_params(paper.head) == _head_params((256, 128, 64, 32), 768, 2, False) == 959_010
+    assert n_params(code.head) == _head_params((256, 128, 64, 32), 768, 2, True) == 1_742_850
+    assert n_params(code) - n_params(paper) == 783_840
+    cube = MAESegmenter(3, 16, 4, 1, 24, 1, 2, 48, out_channels=2, head_channels=(8, 4), refine_conv=True)
+    assert [type(m).__name__ for m in cube.head] == ["ConvTranspose3d", "Conv3d", "GELU"] * 2 + ["Conv3d"]
 
 
 def test_3d_variants():

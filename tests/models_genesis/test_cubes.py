@@ -226,13 +226,15 @@ def test_cli_round_trip_nifti_and_mhd(tmp_path, capsys):
     assert code == 0
     result = json.loads((out / "datalist.json").read_text())
     assert [e["image"] for e in result["training"]] == [f"cubes/training/lung_{k:03d}.npy" for k in range(4)]
+    # origins index the scan reoriented to LPS: the RAS NIfTI is mirrored in x and y, the ITK .mhd (identity
+    # direction, LPS like LUNA16) keeps its native x-y-z array
+    lps = {"lung.nii.gz": np.flip(vol, (0, 1)), "lung.mhd": vol}
     for entry in result["training"] + result["validation"]:
         cube = np.load(out / entry["image"])
         x, y, z = entry["origin"]
+        source = lps[Path(entry["source"]).name]
         assert cube.dtype == np.float32 and cube.shape == ROI
-        np.testing.assert_allclose(cube, scale(vol[x : x + 16, y : y + 16, z : z + 8]), atol=1e-6)
-    # same scan index and seed in both sections: the .mhd (ITK, x-y-z order) gives the NIfTI's cubes
-    assert [e["origin"] for e in result["validation"]] == [e["origin"] for e in result["training"]]
+        np.testing.assert_allclose(cube, scale(source[x : x + 16, y : y + 16, z : z + 8]), atol=1e-6)
     report = json.loads((out / "extraction_report.json").read_text())
     assert [(Path(r["scan"]).name, r["cubes"], bool(r["skipped"])) for r in report] == [
         ("lung.nii.gz", 4, False),
@@ -294,6 +296,45 @@ def test_prepare_cubes_mixed_modalities_and_cache(tmp_path):
         prepare_cubes(items[2:], tmp_path / "none", **options)
     with pytest.raises(FileNotFoundError, match="gone.nii.gz"):
         prepare_cubes([{"image": str(tmp_path / "gone.nii.gz")}], tmp_path / "gone", **options)
+
+
+def test_pretraining_cubes_fine_tuning_and_inference_share_one_orientation(tmp_path):
+    """Pre-training cubes, fine-tuning/inference volumes and the official checkpoint's data agree on LPS.
+
+    A CT whose patient-right half is air and left half tissue, stored with a rotated, mirrored affine (axes A, R, S),
+    goes through ``prepare_cubes`` with ``pretrain.json``'s options and through ``train.json``'s (= inference's)
+    preprocessing: every cube equals the fine-tuning volume at the cube's origin, and both have the patient's right
+    at low x. A LUNA16-like scan (LPS storage) keeps its native array, as the official cubes were cut from it.
+    Catches cubes cut from the native array (the earlier behaviour), a config that reorients one pipeline and not
+    the other, and a default other than the official checkpoint's LPS.
+    """
+    from monai.transforms import Compose
+
+    from medssl.preprocessing import volume_preprocessing
+
+    configs = {name: json.loads((BUNDLE / "configs" / f"{name}.json").read_text()) for name in ("pretrain", "train")}
+    configs["inference"] = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    assert {c["axcodes"] for c in configs.values()} == {"LPS"}
+    assert configs["pretrain"]["cube_options"]["axcodes"] == "@axcodes"
+    assert configs["train"]["deterministic_transforms"]["axcodes"] == "@axcodes"
+    assert configs["inference"]["preprocessing"]["transforms"]["axcodes"] == "@axcodes"
+
+    rng = np.random.default_rng(0)
+    lps = rng.uniform(-990, -900, (24, 20, 16)).astype(np.float32)  # (L, P, S) axes; distinct values everywhere
+    lps[12:] += 1000  # patient-left half (high L index): tissue
+    affine = np.array([[0.0, 0.8, 0, 0], [0.8, 0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])  # axes point A, R, S
+    stored = np.ascontiguousarray(lps.transpose(1, 0, 2)[::-1, ::-1])  # index i along A, j along R
+    nib.save(nib.Nifti1Image(stored, affine), str(tmp_path / "rotated.nii.gz"))
+    nib.save(nib.Nifti1Image(lps, np.diag([-0.7, -0.7, 2.5, 1.0])), str(tmp_path / "luna_like.nii.gz"))
+    options = {"roi_size": (8, 8, 4), "num_cubes": 6, "border": (0, 0, 0), "max_tissue_fraction": None}
+    for name in ("rotated.nii.gz", "luna_like.nii.gz"):
+        item = {"image": str(tmp_path / name)}
+        entries = prepare_cubes([item], tmp_path / f"cubes_{name}", axcodes="LPS", progress=False, **options)
+        finetune = Compose(volume_preprocessing(axcodes=configs["train"]["axcodes"]))(dict(item))["image"][0]
+        np.testing.assert_allclose(finetune.numpy(), scale(lps), atol=1e-6)  # patient right at low x, as LUNA16
+        for entry in entries:
+            x, y, z = entry["origin"]
+            np.testing.assert_allclose(np.load(entry["image"]), finetune[x : x + 8, y : y + 8, z : z + 4], atol=1e-6)
 
 
 def test_real_head_ct_sample():

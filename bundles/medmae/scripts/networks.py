@@ -318,10 +318,11 @@ class ViTEncoder(nn.Module):
 class MaskedAutoencoderViT(ViTEncoder):
     """Masked autoencoder (He et al. 2022) with a ViT encoder, as used by MedMAE; defaults are MAE ViT-B/16.
 
-    Per sample, ``round(L · (1 - mask_ratio))`` patches are kept: those with the smallest values of uniform noise
-    (argsort). The encoder sees only them (plus the class token); the decoder gets the encoded tokens, a learnt
-    ``mask_token`` at every masked position, its own fixed sin-cos position embedding, and predicts the pixels of
-    every patch. 111,907,840 parameters with ``in_channels=3`` (the reference layout), 111,251,968 with 1 channel.
+    Per sample, ``int(L · (1 - mask_ratio))`` patches are kept (truncated, as MAE's ``len_keep``): those with the
+    smallest values of uniform noise (argsort). The encoder sees only them (plus the class token); the decoder gets
+    the encoded tokens, a learnt ``mask_token`` at every masked position, its own fixed sin-cos position embedding,
+    and predicts the pixels of every patch. 111,907,840 parameters with ``in_channels=3`` (the reference layout),
+    111,251,968 with 1 channel.
 
     Args:
         spatial_dims, img_size, patch_size, in_channels, hidden_size, num_layers, num_heads, mlp_dim: the encoder,
@@ -380,10 +381,17 @@ class MaskedAutoencoderViT(ViTEncoder):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
 
     def num_visible(self, mask_ratio: float | None = None) -> int:
-        """Patches kept per sample: ``round(L · (1 - mask_ratio))`` (49 of 196 for ViT-B/16 at 224² and 0.75)."""
+        """Patches kept per sample: ``int(L · (1 - mask_ratio))``, MAE's truncation (of 196: 49 at 0.75, 19 at 0.9).
+
+        Raises:
+            ValueError: the ratio keeps no patch of this grid.
+        """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         self._check_ratio(ratio)
-        return round(self.num_patches * (1.0 - ratio))
+        keep = int(self.num_patches * (1.0 - ratio))
+        if keep < 1:
+            raise ValueError(f"mask_ratio {ratio} keeps no patch of the {self.num_patches}-patch grid.")
+        return keep
 
     def random_masking(
         self, tokens: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
@@ -709,6 +717,9 @@ class MAESegmenter(ViTEncoder):
     256, 128, 64, 32 channels in the paper, 14 → 224 for ViT-B/16), then a 1×1 convolution gives ``out_channels``
     LOGITS at the input size (apply sigmoid/softmax in the loss and post-processing; the paper's sigmoid is not
     part of the network). ``patch_size`` must equal ``2 ** len(head_channels)``. The head is ``head.*``.
+    ``refine_conv`` inserts the authors' code's 3×3 (3D: 3×3×3) convolution, padding 1, same width, between each
+    transposed convolution and its GELU (``main_linprobe_segmentation.py``; 783,840 more head parameters for
+    the paper's widths).
 
     Args:
         spatial_dims, img_size, patch_size, in_channels, hidden_size, num_layers, num_heads, mlp_dim,
@@ -716,6 +727,8 @@ class MAESegmenter(ViTEncoder):
         out_channels: output channels (1 for binary segmentation with a sigmoid).
         head_channels: output channels of the transposed convolutions.
         freeze_encoder: True (paper: only the head trains) or False.
+        refine_conv: False (paper text: transposed convolution → GELU) or True (authors' code: transposed
+            convolution → 3×3 convolution → GELU).
     """
 
     def __init__(
@@ -732,6 +745,7 @@ class MAESegmenter(ViTEncoder):
         head_channels: Sequence[int] = (256, 128, 64, 32),
         freeze_encoder: bool = True,
         drop_path_rate: float = 0.0,
+        refine_conv: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims,
@@ -753,7 +767,10 @@ class MAESegmenter(ViTEncoder):
         layers: list[nn.Module] = []
         channels = hidden_size
         for out in head_channels:
-            layers += [Conv[Conv.CONVTRANS, spatial_dims](channels, out, kernel_size=2, stride=2), nn.GELU()]
+            layers.append(Conv[Conv.CONVTRANS, spatial_dims](channels, out, kernel_size=2, stride=2))
+            if refine_conv:
+                layers.append(Conv[Conv.CONV, spatial_dims](out, out, kernel_size=3, padding=1))
+            layers.append(nn.GELU())
             channels = out
         layers.append(Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size=1))
         self.head = nn.Sequential(*layers)

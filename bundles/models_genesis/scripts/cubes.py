@@ -24,6 +24,12 @@ writes ``cubes_dir/cubes/<section>/<scan>_<k>.npy`` (float32, [0, 1], shape ``ro
 ``cubes_dir/extraction_report.json`` (cubes accepted / candidates tried per scan, skipped scans and why).
 Non-CT items (``"modality"`` key) are percentile-normalised and not filtered. In configs, :func:`prepare_cubes`
 does the same into a cache folder.
+
+Scans are reoriented to ``axcodes`` (``--axcodes``, default ``LPS``) before extraction, as fine-tuning and
+inference reorient theirs (``medssl.preprocessing.volume_preprocessing``), so a cube and a fine-tuning patch of the
+same region look the same. LPS is the voxel order of LUNA16's ``.mhd`` files, on which the official cubes (cut from
+the native array) and ``Genesis_Chest_CT.pt`` were made: reorienting such a scan to LPS leaves it unchanged.
+Origins are voxel indices of the reoriented scan.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from monai.config import KeysCollection
 from monai.data import MetaTensor, get_track_meta
-from monai.transforms import LoadImage, MapTransform, Randomizable, SpatialCrop
+from monai.transforms import LoadImage, MapTransform, Orientation, Randomizable, SpatialCrop
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import ImageMetaKey, convert_to_numpy
 from tqdm import tqdm
@@ -431,7 +437,8 @@ def _extract_to_dir(
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) not found: {missing[:20]}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = LoadImage(image_only=True, dtype=np.float32)
+    loader = LoadImage(image_only=True, dtype=np.float32, ensure_channel_first=True)
+    reorient = Orientation(axcodes=options["axcodes"])
     roi_size = tuple(options["roi_size"])
     entries: list[dict] = []
     report: list[dict] = []
@@ -440,10 +447,12 @@ def _extract_to_dir(
         tqdm(list(zip(items, paths)), desc="cubes", unit="scan", disable=not progress)
     ):
         try:
-            volume = loader(path)
+            volume = reorient(loader(path))
         except Exception as e:
             raise ValueError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
-        volume = check_volume(convert_to_numpy(volume), path)
+        if volume.shape[0] != 1:
+            raise ValueError(f"{path}: expected a 3D (X, Y, Z) volume, got {volume.shape[0]} channels.")
+        volume = check_volume(convert_to_numpy(volume[0]), path)
         modality = str(item.get("modality") or options["default_modality"]).upper()
         ct = modality == "CT"
         not_hu = non_hounsfield_message(path, volume, from_item=bool(item.get("modality"))) if ct else ""
@@ -518,6 +527,7 @@ def prepare_cubes(
     hu_range: Sequence[float] = HU_RANGE,
     percentiles: Sequence[float] = (0.5, 99.5),
     default_modality: str = "CT",
+    axcodes: str = "LPS",
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict]:
@@ -526,7 +536,8 @@ def prepare_cubes(
     For config expressions (``"$scripts.cubes.prepare_cubes(items, dir, **@cube_options)"``). CT items (per the
     item's ``modality``, else ``default_modality``) follow the official rule: the tissue filter is applied in HU
     and the cubes are scaled with ``hu_range``; other modalities are percentile-normalised to [0, 1] and every cube
-    is accepted. Scans too small for ``roi_size`` + ``border`` are skipped (and reported). A ``manifest.json`` in
+    is accepted. Scans are first reoriented to ``axcodes`` (see the module docstring; origins index the reoriented
+    scan). Scans too small for ``roi_size`` + ``border`` are skipped (and reported). A ``manifest.json`` in
     ``out_dir`` records the options and sources: a second call with the same inputs reuses the files.
 
     Returns:
@@ -548,6 +559,7 @@ def prepare_cubes(
         "hu_range": [float(v) for v in hu_range],
         "percentiles": [float(v) for v in percentiles],
         "default_modality": default_modality,
+        "axcodes": axcodes,
         "seed": int(seed),
     }
     sources = [[str(item["image"]), item.get("modality")] for item in items]
@@ -590,6 +602,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-attempts-factor", type=int, default=50)
     p.add_argument("--modality", default="CT", help="modality of items without a 'modality' key")
     p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], help="normalisation of non-CT")
+    p.add_argument("--axcodes", default="LPS", help="orientation the scans are reoriented to before extraction")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -610,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hu_range": args.hu_range,
         "percentiles": args.percentiles,
         "default_modality": args.modality,
+        "axcodes": args.axcodes,
     }
     datalist: dict[str, list[dict]] = {}
     report: list[dict] = []
