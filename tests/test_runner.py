@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_failure_excerpt_keeps_the_cause_printed_long_before_the_end():
-    log = "\n".join(["step"] * 100 + ["terminate called after throwing an instance of 'gloo::IoException'"] + ["summary"] * 50)
+    cause = "terminate called after throwing an instance of 'gloo::IoException'"
+    log = "\n".join(["step"] * 100 + [cause] + ["summary"] * 50)
     excerpt = failure_excerpt(log, tail=40).splitlines()
     assert excerpt[0].startswith("terminate called") and excerpt[1] == "[...]" and excerpt[2:] == ["summary"] * 40
     assert failure_excerpt("a\nb") == "a\nb"  # a short log is shown whole, with no marker

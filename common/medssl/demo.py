@@ -194,11 +194,7 @@ def run_demo(name: str, samples: Path, work: Path) -> tuple[list[dict], bool]:
     }
     rows = [{"pretext": p, "downstream": d} for p, d in itertools.zip_longest(lines, downstream, fillvalue="")]
     rows[0].update(row)
-    passed = (
-        bool(checks)
-        and all(c.passed for c in checks + downstream_checks)
-        and None not in metric.values()
-    )
+    passed = bool(checks) and all(c.passed for c in checks + downstream_checks) and None not in metric.values()
     return rows, passed
 
 
