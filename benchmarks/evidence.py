@@ -45,8 +45,8 @@ from medssl.demo import (  # noqa: E402
     check_tags,
     last_value,
     load_plan,
-    pretext_checks,
     run_step,
+    section_checks,
 )
 from medssl.runner import BundleRunError, copy_bundle, fill_placeholders  # noqa: E402
 
@@ -237,7 +237,7 @@ def run_bundle(name: str, samples: Path, work: Path, seeds: int, figure: Path) -
         pre_root = copy_bundle(ROOT / "bundles" / name, work / "pretext")
         print(f"[{name}] pre-training", flush=True)
         run_step(pre_root, pretext, samples)
-        row["checks"] = [str(c) for c in pretext_checks(pre_root, pretext)]
+        row["checks"] = [str(c) for c in section_checks(pre_root, pretext)]
         print(f"[{name}] pretext checks: {'; '.join(row['checks']) or 'none in the plan'}", flush=True)
         plot_pretext(name, pretext, pre_root, figure)
         row["plot"] = f"{figure.parent.name}/{figure.name}"  # relative to the report

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 from torch.utils.tensorboard import SummaryWriter
 
 from medssl import demo
-from medssl.demo import ROOT, _summarise, evaluate_check, format_table, pretext_checks, validate_check
+from medssl.demo import ROOT, _summarise, evaluate_check, format_table, section_checks, validate_check
 
 PLANS = sorted((ROOT / "demos").glob("*.json"))
 STEPS = ("pretext", "finetune", "inference")
@@ -133,11 +133,11 @@ def test_checks_read_tensorboard_logs_of_a_bundle_run(tmp_path):
         "log_dir": "eval/pretrain",
         "checks": [MSE, {"tag": "val_assignment_entropy", "op": "<", "value": 0.9, "log_dir": "eval/stage3"}],
     }
-    assert [str(r) for r in pretext_checks(tmp_path, pretext)] == [
+    assert [str(r) for r in section_checks(tmp_path, pretext)] == [
         "val_mse 0.03 <= 0.8 x 0.05 (mean) PASS",
         "val_assignment_entropy 0.95 < 0.9 FAIL",
     ]
-    assert pretext_checks(tmp_path, {"log_dir": "eval/pretrain"}) == []
+    assert section_checks(tmp_path, {"log_dir": "eval/pretrain"}) == []
 
 
 def test_outputs_are_summarised(tmp_path):

@@ -131,7 +131,7 @@ def check_series(bundle_root: Path, pretext: Mapping, check: Mapping) -> dict[st
     return {tag: scalar_steps(log_dir, tag) for tag in check_tags(check)}
 
 
-def pretext_checks(bundle_root: Path, pretext: Mapping) -> list[CheckResult]:
+def section_checks(bundle_root: Path, pretext: Mapping) -> list[CheckResult]:
     """Evaluate a plan section's checks (pretext or fine-tuning) on the TensorBoard logs of a run in
     ``bundle_root``."""
     return [evaluate_check(c, check_series(bundle_root, pretext, c)) for c in pretext.get("checks", [])]
@@ -171,7 +171,7 @@ def run_demo(name: str, samples: Path, work: Path) -> tuple[list[dict], bool]:
 
     print(f"[{name}] pre-training", flush=True)
     run_step(pretrained, pretext, samples)
-    checks = pretext_checks(pretrained, pretext)
+    checks = section_checks(pretrained, pretext)
     print(f"[{name}] fine-tuning from scratch and from the pre-trained weights", flush=True)
     run_step(scratch, finetune, samples)
     run_step(pretrained, finetune, samples, finetune["pretrained_overrides"])
@@ -183,7 +183,7 @@ def run_demo(name: str, samples: Path, work: Path) -> tuple[list[dict], bool]:
     run_step(pretrained, infer, samples)
     outputs = sorted(glob.glob(str(pretrained / infer["outputs"])))
     shown = {k: "not logged" if v is None else f"{v:.3f}" for k, v in metric.items()}
-    downstream_checks = pretext_checks(pretrained, finetune)
+    downstream_checks = section_checks(pretrained, finetune)
     lines = [str(c) for c in checks] or ["no pretext check FAIL"]
     downstream = [f"{finetune['metric_tag']} {shown['scratch']} -> {shown['pretrained']}"]
     downstream += [f"pre-trained: {c}" for c in downstream_checks]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from medssl.demo import pretext_checks
+from medssl.demo import section_checks
 from medssl.runner import copy_bundle, fill_placeholders
 from scripts.pretext import PretextPrepareBatch
 
@@ -53,7 +53,7 @@ def test_pretraining_beats_the_training_mean_only_with_real_targets(samples_dir,
     assert PLAN["checks"], "the demo plan must check the pretext metrics against their baselines"
     bundle = copy_bundle(ROOT / "bundles" / "anatomy_planes", tmp_path)
     pretrain(bundle, samples_dir, break_pairing)
-    checks = pretext_checks(bundle, PLAN)
+    checks = section_checks(bundle, PLAN)
     report = "; ".join(map(str, checks))
     if break_pairing:
         assert not any(c.passed for c in checks), f"a check passes with broken pairing: {report}"

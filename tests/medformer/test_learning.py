@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from monai.bundle import ConfigParser
 
-from medssl.demo import pretext_checks
+from medssl.demo import section_checks
 from medssl.runner import copy_bundle, fill_placeholders
 from scripts.data import TaskPrepareBatch
 
@@ -60,7 +60,7 @@ def test_pretraining_beats_the_untrained_network_only_with_a_learning_signal(sam
     assert PLAN["checks"], "the demo plan must check the pretext metrics against their baselines"
     bundle = copy_bundle(ROOT / "bundles" / "medformer", tmp_path / "bundle")
     pretrain(bundle, samples_dir, tmp_path / "data", break_views)
-    checks = pretext_checks(bundle, PLAN)
+    checks = section_checks(bundle, PLAN)
     report = "; ".join(map(str, checks))
     if break_views:
         assert not all(c.passed for c in checks), f"every check passes without a learning signal: {report}"

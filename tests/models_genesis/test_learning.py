@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from medssl.demo import ROOT, load_plan, pretext_checks
+from medssl.demo import ROOT, load_plan, section_checks
 from medssl.runner import copy_bundle, fill_placeholders, run_config
 
 #: The break this test must catch: the target is copied from the input after the corruption.
@@ -30,7 +30,7 @@ def pretrain_and_check(work, samples_dir, extra: dict | None = None) -> list:
     root = copy_bundle(ROOT / "bundles" / "models_genesis", work)
     overrides = {**pretext["overrides"], "probe_datalist": None, **(extra or {})}
     run_config(root, pretext["configs"], fill_placeholders(overrides, samples=samples_dir, bundle_root=root))
-    return pretext_checks(root, pretext)
+    return section_checks(root, pretext)
 
 
 @pytest.mark.slow
