@@ -215,7 +215,12 @@ def test_zip_is_deterministic_and_shaped_like_the_zoo(tmp_path):
 
 def test_make_dist_writes_model_info(tmp_path, capsys):
     name = PLANNED[0]
-    assert bundle_cli(["dist", "--out", str(tmp_path), "--url", release_url(OWNER, REPO, TAG), name]) == 0
+    assert bundle_cli(["dist", "--out", str(tmp_path), "--url", release_url(OWNER, REPO, TAG), name]) == 1
+    assert "no models/model.pt to publish" in capsys.readouterr().err  # the source bundle holds no trained model
+    assert (
+        bundle_cli(["dist", "--out", str(tmp_path), "--url", release_url(OWNER, REPO, TAG), "--without-model", name])
+        == 0
+    )
     meta = read_metadata(ROOT / "bundles" / name)
     key = f"{name}_v{meta['version']}"
     zip_path = tmp_path / f"{key}.zip"
@@ -230,7 +235,7 @@ def test_make_dist_writes_model_info(tmp_path, capsys):
     }
     # a second export keeps the index's other versions, as the Zoo's model_info.json does
     (tmp_path / "model_info.json").write_text(json.dumps({"other_v0.0.1": {"checksum": "0"}}))
-    build_dist([ROOT / "bundles" / name], tmp_path, release_url(OWNER, REPO, TAG))
+    build_dist([ROOT / "bundles" / name], tmp_path, release_url(OWNER, REPO, TAG), require_model=False)
     assert set(json.loads((tmp_path / "model_info.json").read_text())) == {"other_v0.0.1", key}
 
 

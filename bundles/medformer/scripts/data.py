@@ -2,16 +2,15 @@
 sampling.
 
 Every dataset is described by a :class:`DatasetSpec` (dimensionality, channels, task type, label names, modality and
-body part). Official MedMNIST subsets take their task, labels and channels from the ``medmnist`` package's ``INFO``
-(nothing is downloaded); the config's ``dataset_registry`` adds the modality and body-part latents and may define
-new datasets, either in the same ``.npz`` layout (``{split}_images``, ``{split}_labels``) or as a datalist of image
-files (``{"training": [{"image": "a.png", "label": 2}, ...], "validation": [...], "test": [...]}``).
+body part). Official MedMNIST subsets take their task, labels and channels from the bundle's own copy of MedMNIST's
+``INFO`` (:mod:`scripts.medmnist_table`: nothing is downloaded and the ``medmnist`` package is not needed); the
+config's ``dataset_registry`` adds the modality and body-part latents and may define new datasets, either in the same
+``.npz`` layout (``{split}_images``, ``{split}_labels``) or as a datalist of image files
+(``{"training": [{"image": "a.png", "label": 2}, ...], "validation": [...], "test": [...]}``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from monai.transforms import Affine, Compose, MapTransform, Randomizable, Transf
 
 from medssl.data import RobustDataset, check_datalist, load_datalist
 from scripts.loading import LoadMedformerImaged
+from scripts.medmnist_table import INFO
 
 __all__ = [
     "DATALIST_SECTIONS",
@@ -57,9 +57,7 @@ DATALIST_SECTIONS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def medmnist_info() -> dict[str, dict]:
-    """``medmnist.info.INFO`` (metadata of the 18 official subsets), imported without the package's import banner."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        from medmnist.info import INFO
+    """Metadata of the 18 official MedMNIST subsets (:data:`scripts.medmnist_table.INFO`, MedMNIST's ``INFO``)."""
     return INFO
 
 

@@ -1,4 +1,4 @@
-"""Bundle tooling: find the bundles of the collection and verify their metadata offline."""
+"""Bundle tooling: find the bundles of the collection, verify their metadata offline, list what users install."""
 
 from __future__ import annotations
 
@@ -7,15 +7,29 @@ from pathlib import Path
 
 import jsonschema
 
-__all__ = ["SCHEMA_PATH", "REQUIRED_FILES", "config_chain", "find_bundles", "metadata_problems", "read_metadata"]
+__all__ = [
+    "SCHEMA_PATH",
+    "SCHEMA_URL",
+    "REQUIRED_FILES",
+    "config_chain",
+    "find_bundles",
+    "install_command",
+    "metadata_problems",
+    "read_metadata",
+    "zoo_directory_problems",
+]
 
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")
+"""The project's offline schema: at least as strict as the Model Zoo's schema that ``metadata.json`` names."""
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+"""The official schema every ``metadata.json`` names in ``schema`` (the Zoo's ``prepare_schema.py`` downloads it)."""
 REQUIRED_FILES = (
     "LICENSE",
     "configs/metadata.json",
     "configs/logging.conf",
     "configs/inference.json",
     "docs/README.md",
+    "docs/data_license.txt",
 )
 
 
@@ -70,4 +84,39 @@ def metadata_problems(bundle: str | Path) -> list[str]:
             problems.append("metadata.json: changelog must list versions newest first")
         if version and versions and _version_key(version) != max(versions):
             problems.append(f"metadata.json: version {version} is not the newest changelog entry")
+    return problems
+
+
+def install_command(bundles: list[str | Path]) -> str:
+    """The ``pip install`` line of everything ``bundles`` need, from their ``metadata.json``: PyTorch, MONAI with the
+    command line's ``fire`` and ``pyyaml``, NumPy and every ``required_packages_version`` entry, pinned.
+
+    Raises ``ValueError`` naming the package when two bundles pin different versions of it.
+    """
+    pins: dict[str, tuple[str, str]] = {}
+    for bundle in bundles:
+        meta = read_metadata(bundle)
+        wanted = {"torch": meta["pytorch_version"], "monai": meta["monai_version"], "numpy": meta["numpy_version"]}
+        wanted.update(meta.get("required_packages_version", {}))
+        for package, version in wanted.items():
+            seen = pins.setdefault(package, (version, Path(bundle).name))
+            if seen[0] != version:
+                raise ValueError(f"{package}: {seen[1]} pins {seen[0]}, {Path(bundle).name} pins {version}")
+    first = [f"torch=={pins.pop('torch')[0]}", f'"monai[fire,pyyaml]=={pins.pop("monai")[0]}"']
+    return " ".join(["pip install", *first, *(f"{k}=={v}" for k, (v, _) in sorted(pins.items()))])
+
+
+ZOO_NECESSARY = ("configs/metadata.json", "LICENSE")
+
+
+def zoo_directory_problems(bundle: str | Path) -> list[str]:
+    """What the Model Zoo's directory check (``ci/verify_bundle.py``) would reject in an unpacked bundle: a missing
+    necessary file (:data:`ZOO_NECESSARY`) or preferred file (``models/model.pt``, the inference config as ``.json``,
+    ``.yaml`` or ``.yml``). The Zoo downloads the files of ``large_files.yml`` first: so must the caller."""
+    bundle = Path(bundle)
+    problems = [f"necessary file {name} is missing" for name in ZOO_NECESSARY if not (bundle / name).is_file()]
+    if not (bundle / "models" / "model.pt").is_file():
+        problems.append("preferred file models/model.pt is missing (in the zip or listed in large_files.yml)")
+    if not any((bundle / "configs" / f"inference.{ext}").is_file() for ext in ("json", "yaml", "yml")):
+        problems.append("preferred file configs/inference.json (or .yaml/.yml) is missing")
     return problems

@@ -1,7 +1,8 @@
-"""Command line: ``python -m medssl.bundle dist|lock|verify``.
+"""Command line: ``python -m medssl.bundle dist|lock|verify|switches|install``.
 
-* ``dist [--out dist] [--url URL] [NAME ...]``: self-contained ``<name>_v<version>.zip`` of each bundle (all by
-  default), large weights beside them, and ``model_info.json`` (see :mod:`medssl.bundle.dist`). ``--url`` is the
+* ``dist [--out dist] [--url URL] [--without-model] [NAME ...]``: self-contained ``<name>_v<version>.zip`` of each
+  bundle (all by default), large weights beside them, and ``model_info.json`` (see :mod:`medssl.bundle.dist`); a
+  bundle without ``models/model.pt`` is not exported unless ``--without-model``. ``--url`` is the
   folder URL the files will be served from, e.g. a GitHub release
   ``https://github.com/<owner>/<repo>/releases/download/<tag>`` (default: ``file://`` of the output folder).
 * ``lock [--force] [NAME ...]``: record versions and content hashes in ``bundles/versions.lock.json``; refuses a
@@ -9,6 +10,8 @@
 * ``verify [NAME ...]``: report disagreements with the lock file (exit 1 if any).
 * ``switches [--check] [NAME ...]``: write (or with ``--check`` only report, exit 1 if any) the start-up
   ``check_switches`` line of every config (see :mod:`medssl.bundle.switches`).
+* ``install [NAME ...]``: the ``pip install`` line of what the bundles (all by default) need, from their
+  ``metadata.json`` (the README's "Use a released bundle" line; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import find_bundles
+from . import find_bundles, install_command
 from .dist import DistError, build_dist, lock_problems, update_lock
 from .switches import sync_switch_checks
 
@@ -32,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dist", help="write self-contained bundle zips and model_info.json")
     d.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/dist)")
     d.add_argument("--url", default=None, help="folder URL the files are served from (default: file:// of --out)")
+    d.add_argument(
+        "--without-model",
+        action="store_true",
+        help="export bundles that have no models/model.pt (code and configs only; not ready for the Model Zoo)",
+    )
     d.add_argument("names", nargs="*", help="bundles to export (default: all)")
     lk = sub.add_parser("lock", help="record bundle versions and content hashes in bundles/versions.lock.json")
     lk.add_argument("--force", action="store_true", help="record changed content under an unchanged version")
@@ -41,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("switches", help="write the start-up check of switch values into every config")
     sw.add_argument("--check", action="store_true", help="only report configs whose check is missing or stale")
     sw.add_argument("names", nargs="*", help="bundles (default: all)")
+    ins = sub.add_parser("install", help="print the pip install line of what the bundles need")
+    ins.add_argument("names", nargs="*", help="bundles (default: all)")
     return p
 
 
@@ -60,7 +70,7 @@ def _dist(args: argparse.Namespace) -> int:
     if missing:
         print(f"no bundle named {', '.join(missing)}", file=sys.stderr)
         return 2
-    done, errors = build_dist(bundles, out, args.url)
+    done, errors = build_dist(bundles, out, args.url, require_model=not args.without_model)
     for d in done:
         large = {f["path"] for f in d.large_files}
         weights = ", ".join(f"{w} (large file)" if w in large else w for w in d.weights) or "none in models/"
@@ -77,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dist(args)
     if args.command == "switches":
         return _switches(args)
+    if args.command == "install":
+        bundles = [b for b in find_bundles(args.root) if not args.names or b.name in args.names]
+        try:
+            print(install_command(bundles))
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 1
+        return 0
     names = args.names or None
     try:
         if args.command == "lock":

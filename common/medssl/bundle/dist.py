@@ -12,6 +12,9 @@ a bundle needs into the zip as the sub-package ``scripts/_medssl`` and rewrites 
   copies never share one (a top-level ``medssl`` package would be shared, and shadowed by an installed ``medssl``);
 * the modules are found by scanning ``_target_`` values and ``$`` expressions of ``configs/*.json`` and the imports
   of ``scripts/**/*.py`` for ``medssl`` names, then following the imports of each vendored module transitively;
+* every JSON config also finds its own ``scripts`` from any folder and beside other bundles in one process
+  (``monai.bundle.load``, a user's ``ConfigParser``, ``python -m monai.bundle run``): see
+  :mod:`medssl.bundle.isolation`;
 * only import statements and ``_target_`` values are rewritten (``from medssl.x import y`` ->
   ``from scripts._medssl.x import y``, ``import medssl`` -> ``import scripts._medssl as medssl``); every other text
   is kept, and a form that cannot be rewritten (``import medssl.x`` without ``as``) is an error, not a silent skip.
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import find_bundles, read_metadata
+from .isolation import add_isolation
 
 __all__ = [
     "LIBRARY",
@@ -319,7 +323,8 @@ def bundle_entries(bundle: str | Path) -> dict[str, bytes]:
         data = (bundle / rel).read_bytes()
         where = f"{bundle.name}/{rel.as_posix()}"
         if rel.parts[0] == "configs" and rel.suffix == ".json" and rel.name != "metadata.json":
-            data = rewrite_config(data.decode(), where).encode()
+            config = add_isolation(json.loads(rewrite_config(data.decode(), where)))
+            data = (json.dumps(config, indent=4, ensure_ascii=False) + "\n").encode()
         elif rel.parts[0] == "scripts" and rel.suffix == ".py":
             data = rewrite_python(data.decode(), where).encode()
         elif rel.parts[0] == "configs" and rel.suffix in {".yaml", ".yml"} and b"medssl" in data:
@@ -398,18 +403,29 @@ def release_url(owner: str, repo: str, tag: str) -> str:
 
 
 def build_bundle(
-    bundle: str | Path, out_dir: str | Path, url_template: str | None = None, max_file_size: int = MAX_FILE_SIZE
+    bundle: str | Path,
+    out_dir: str | Path,
+    url_template: str | None = None,
+    max_file_size: int = MAX_FILE_SIZE,
+    require_model: bool = True,
 ) -> BundleDist:
     """Write ``out_dir/<name>_v<version>.zip`` (and its large files beside it) for one bundle.
 
     ``url_template`` is the folder URL the zip and large files will be served from (``file://`` of ``out_dir`` by
-    default; a GitHub release: :func:`release_url`).
+    default; a GitHub release: :func:`release_url`). A bundle without ``models/model.pt`` is refused (raises
+    :class:`DistError`) unless ``require_model`` is False: the Model Zoo's directory check, ``monai.bundle.load`` and
+    MONAI Label need that file, in the zip or through ``large_files.yml``.
     """
     bundle, out_dir = Path(bundle), Path(out_dir).resolve()
     meta = read_metadata(bundle)
     name, version = bundle.name, meta.get("version")
     if not version or not re.fullmatch(r"[\w.+-]+", version):
         raise DistError(f"{name}: metadata.json needs a filename-safe version, got {version!r}")
+    if require_model and not (bundle / "models" / "model.pt").is_file():
+        raise DistError(
+            f"{name}: no models/model.pt to publish (the Model Zoo, monai.bundle.load and MONAI Label need it): train "
+            "the downstream model first (configs/train.json writes it) or export the code alone (--without-model)"
+        )
     template = (url_template or out_dir.as_uri()).rstrip("/")
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = bundle_entries(bundle)
@@ -445,7 +461,7 @@ def build_bundle(
 
 
 def build_dist(
-    bundles: Iterable[str | Path], out_dir: str | Path, url_template: str | None = None
+    bundles: Iterable[str | Path], out_dir: str | Path, url_template: str | None = None, require_model: bool = True
 ) -> tuple[list[BundleDist], dict[str, str]]:
     """Export several bundles and merge their entries into ``out_dir/model_info.json``.
 
@@ -456,7 +472,7 @@ def build_dist(
     done, errors = [], {}
     for bundle in bundles:
         try:
-            done.append(build_bundle(bundle, out_dir, url_template))
+            done.append(build_bundle(bundle, out_dir, url_template, require_model=require_model))
         except (DistError, OSError, json.JSONDecodeError, SyntaxError) as e:
             errors[Path(bundle).name] = f"{type(e).__name__}: {e}"
     index_path = out_dir / "model_info.json"
