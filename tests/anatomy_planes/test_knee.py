@@ -14,7 +14,8 @@ from monai.transforms import RandFlipd
 
 from medssl.data import load_datalist
 from medssl.geometry import PlaneGeometry, write_dicom_series
-from scripts.finetune import MeanLoss, PrevalenceWeightedBCE
+from medssl.metrics import SampleMeanLoss
+from scripts.finetune import PrevalenceWeightedBCE
 from scripts.prepare import build_sample_datalists
 from scripts.sampling import SeriesBatchSampler
 
@@ -93,7 +94,7 @@ def test_classification_scheduler_reduces_on_the_validation_loss(tmp_path):
 def test_mean_loss_metric_on_a_hand_computed_case():
     """Weighted BCE with p = 0.25: logit 0, label 1 -> 2 ln 2; logit 2, label 0 -> (2/3) ln(1 + e^2); the metric is
     their mean. Catches a loss on sigmoid outputs or a sum instead of a mean."""
-    metric = MeanLoss(PrevalenceWeightedBCE(0.25))
+    metric = SampleMeanLoss(PrevalenceWeightedBCE(0.25))
     metric.reset()
     metric.update(([torch.tensor([0.0]), torch.tensor([2.0])], [torch.tensor(1.0), torch.tensor(0.0)]))
     expected = (2 * np.log(2) + (2 / 3) * np.log1p(np.exp(2))) / 2

@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine
 from monai.metrics import DiceMetric
 
+from medssl.metrics import SampleMeanLoss
 from scripts.finetune import (
     ASSD,
     L1PenalizedLoss,
@@ -22,7 +23,7 @@ from scripts.finetune import (
     slice_output_name,
 )
 from scripts.networks import PlanesPretextNet
-from scripts.pretext import PretextLoss, PretextLossMetric, PretextPrepareBatch, batch_outputs, task_metrics
+from scripts.pretext import PretextLoss, PretextPrepareBatch, batch_outputs, task_metrics
 
 
 def test_pretext_loss_is_the_weighted_sum_of_mean_squared_errors():
@@ -48,7 +49,7 @@ def test_prepare_batch_and_validation_metrics():
     ]
     p, t = batch_outputs(decollated)
     torch.testing.assert_close(t["heatmap"], batch["heatmap"])
-    metric = PretextLossMetric(PretextLoss())
+    metric = SampleMeanLoss(PretextLoss())
     metric.reset()
     metric.update((p, t))
     metric.update(({k: v[:1] for k, v in p.items()}, {k: v[:1] for k, v in t.items()}))

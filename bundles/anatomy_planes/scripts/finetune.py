@@ -8,8 +8,6 @@ from pathlib import PurePath
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import SurfaceDistanceMetric
 from torch import nn
@@ -17,7 +15,6 @@ from torch import nn
 __all__ = [
     "ASSD",
     "L1PenalizedLoss",
-    "MeanLoss",
     "PrevalenceWeightedBCE",
     "class_output",
     "label_maps",
@@ -71,38 +68,6 @@ class PrevalenceWeightedBCE(nn.Module):
         target = target.to(logits.dtype).reshape(logits.shape)
         weight = target * self.w_pos + (1 - target) * self.w_neg
         return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
-
-
-class MeanLoss(Metric):
-    """A training loss averaged over validation samples (all-reduced under DDP): the paper's knee fine-tuning
-    reduces the learning rate when the validation loss stops improving.
-
-    Args:
-        loss: the training loss, called on one sample at a time (``(1, ...)`` logits and target).
-        output_transform: gives ``(logits, targets)``, batch-first tensors or lists of per-sample tensors.
-    """
-
-    def __init__(self, loss: nn.Module, output_transform: Callable = lambda x: x) -> None:
-        self.loss = loss
-        super().__init__(output_transform=output_transform)
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sum = torch.tensor(0.0, dtype=torch.float64)
-        self._count = 0
-
-    @reinit__is_reduced
-    def update(self, output: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]) -> None:
-        with torch.no_grad():
-            for logits, target in zip(*output):
-                self._sum += float(self.loss(torch.as_tensor(logits)[None], torch.as_tensor(target)[None]))
-                self._count += 1
-
-    @sync_all_reduce("_sum", "_count")
-    def compute(self) -> float:
-        if self._count == 0:
-            raise RuntimeError("MeanLoss needs at least one sample")
-        return float(self._sum) / self._count
 
 
 def class_output(index: int, keys: Sequence[str] = ("pred", "label")) -> Callable[[Any], tuple[list, list]]:

@@ -16,17 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.engines.utils import PrepareBatch
 from torch import nn
+
+from medssl.metrics import SampleMeanLoss
 
 if TYPE_CHECKING:
     from scripts.metrics import TrainingMeans
 
 __all__ = [
     "PretextLoss",
-    "PretextLossMetric",
     "PretextPrepareBatch",
     "batch_outputs",
     "mean_outputs",
@@ -124,37 +123,6 @@ def task_output(task: str, means: TrainingMeans | None = None) -> Callable[[Any]
     return transform
 
 
-class PretextLossMetric(Metric):
-    """The pretext loss averaged over validation samples (all-reduced under DDP): the key metric of pre-training.
-
-    Args:
-        loss: the :class:`PretextLoss` used for training.
-    """
-
-    def __init__(self, loss: PretextLoss, output_transform: Callable = batch_outputs) -> None:
-        self.loss = loss
-        super().__init__(output_transform=output_transform)
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sum = torch.tensor(0.0, dtype=torch.float64)
-        self._count = 0
-
-    @reinit__is_reduced
-    def update(self, output: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
-        pred, target = output
-        n = len(next(iter(pred.values())))
-        with torch.no_grad():
-            self._sum += float(self.loss(pred, target)) * n
-        self._count += n
-
-    @sync_all_reduce("_sum", "_count")
-    def compute(self) -> float:
-        if self._count == 0:
-            raise RuntimeError("PretextLossMetric needs at least one sample")
-        return float(self._sum) / self._count
-
-
 def task_metrics(
     tasks: Sequence[str],
     pixdim: float | Sequence[float] | None = None,
@@ -188,5 +156,5 @@ def task_metrics(
         for name, (make, task) in makers.items():
             metrics[f"{name}_baseline_mean"] = make(output_transform=task_output(task, means))
         if loss is not None:
-            metrics["val_loss_baseline_mean"] = PretextLossMetric(loss, output_transform=mean_outputs(means))
+            metrics["val_loss_baseline_mean"] = SampleMeanLoss(loss, output_transform=mean_outputs(means))
     return metrics

@@ -24,7 +24,6 @@ from ignite.metrics import Metric
 from scipy.stats import rankdata
 
 __all__ = [
-    "MeanLoss",
     "MultiTaskMetrics",
     "PredictionWriter",
     "ResultsTableWriter",
@@ -141,34 +140,6 @@ class MultiTaskMetrics(Metric):
             engine.state.metrics[f"{self.prefix}auc_{task}"] = values["auc"]
             engine.state.metrics[f"{self.prefix}acc_{task}"] = values["acc"]
         engine.state.metrics[f"{self.prefix}mean_acc"] = _mean([r["acc"] for r in self.results.values()])
-
-
-class MeanLoss(Metric):
-    """Sample-weighted mean of ``loss_fn(pred, target)`` over an evaluation (summed over processes under DDP).
-
-    Args:
-        loss_fn: ``(pred, target) -> scalar``, e.g. the pre-training loss.
-        output_transform: engine output -> ``(pred, target)``.
-    """
-
-    def __init__(self, loss_fn: Callable, output_transform: Callable = lambda out: (out["pred"], out["label"])):
-        self.loss_fn = loss_fn
-        super().__init__(output_transform=output_transform)
-
-    def reset(self) -> None:
-        self._sum, self._count = 0.0, 0
-
-    def update(self, output: tuple[Any, Any]) -> None:
-        pred, target = output
-        first = pred["embeddings"] if isinstance(pred, Mapping) else pred
-        self._sum += float(self.loss_fn(pred, target)) * len(first)
-        self._count += len(first)
-
-    def compute(self) -> float:
-        totals = torch.tensor([self._sum, float(self._count)], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(totals)
-        return float(totals[0] / totals[1].clamp_min(1.0))
 
 
 TASK_NAMES = {
