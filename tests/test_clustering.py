@@ -118,6 +118,52 @@ def test_swav_loss_layouts_and_multi_crop():
         loss_fn(torch.randn(10, 5))
 
 
+def test_swav_queue_codes_come_from_queue_and_batch_and_the_queue_shifts():
+    """Breaks if the queue is used before it is full, if the codes are not Sinkhorn on [queue; batch] keeping only
+    the batch's rows, if the queue is scored with stale prototypes, or if it does not shift (newest first)."""
+    torch.manual_seed(0)
+    b, k, dim, length = 2, 5, 4, 4
+    prototypes = Prototypes(dim, k)
+    prototypes.normalize_()
+    loss_fn = SwAVLoss(num_crops=2, crops_for_assign=(0, 1), queue_length=length, queue_dim=dim)
+    no_queue = SwAVLoss(num_crops=2, crops_for_assign=(0, 1))
+
+    def batch():
+        z = F.normalize(torch.randn(b, 2, dim), dim=-1)
+        return z, prototypes(z)
+
+    z1, s1 = batch()
+    torch.testing.assert_close(loss_fn(s1, embeddings=z1, prototypes=prototypes), no_queue(s1))  # not started
+    assert loss_fn.queue.abs().sum() == 0
+    loss_fn.start_queue()
+    z2, s2 = batch()
+    z3, s3 = batch()
+    for z, s in ((z2, s2), (z3, s3)):  # filling: codes still from the batch alone
+        torch.testing.assert_close(loss_fn(s, embeddings=z, prototypes=prototypes), no_queue(s))
+    for a in (0, 1):  # newest first: [z3; z2]
+        torch.testing.assert_close(loss_fn.queue[a], torch.cat([z3[:, a], z2[:, a]]))
+    assert int(loss_fn.queue_filled) == length
+
+    with torch.no_grad():  # prototypes change between steps: the queue is scored with the current ones
+        prototypes.weight.add_(0.3 * torch.randn(k, dim))
+    z4, s4 = batch()
+    queue_before = loss_fn.queue.clone()
+    loss = loss_fn(s4, embeddings=z4, prototypes=prototypes)
+    log_p = F.log_softmax(s4 / TAU, dim=-1)
+    terms = []
+    for a in (0, 1):
+        q = sinkhorn_knopp(torch.cat([prototypes(queue_before[a]), s4[:, a]]))[-b:]
+        terms.append(-(q * log_p[:, 1 - a]).sum(1).mean())
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    assert not torch.allclose(loss, no_queue(s4))
+    for a in (0, 1):  # shifted by one batch: [z4; z3]
+        torch.testing.assert_close(loss_fn.queue[a], torch.cat([z4[:, a], z3[:, a]]))
+    state = loss_fn.state_dict()
+    assert {"queue", "queue_filled", "queue_started"} <= set(state), "the queue is saved with the loss (resume)"
+    with pytest.raises(ValueError, match="embeddings and the prototypes"):
+        loss_fn(s4)
+
+
 def test_prototypes_names_normalisation_centroids_and_freezing():
     single, multi = Prototypes(4, 6), Prototypes(4, (3, 2), freeze_iterations=2)
     assert [n for n, _ in single.named_parameters()] == ["weight"]  # SwAV: prototypes.weight

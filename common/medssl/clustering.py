@@ -124,8 +124,15 @@ class SwAVLoss(nn.Module):
 
     with ``q_a = sinkhorn_knopp(scores of crop a)`` (no gradient) and ``A = crops_for_assign``. For two views this is
     ``½ (ℓ(z_t, q_s) + ℓ(z_s, q_t))``: half the paper's Eq. 3/11, which sums the two terms; the SwAV code and the
-    paper's 3D code average them, as here. No queue of past embeddings is used (``queue_length 0`` in the paper's
-    code).
+    paper's 3D code average them, as here.
+
+    **Queue** (SwAV's ``queue_length``; 0, off, in the paper's code): with ``queue_length > 0``, once
+    :meth:`start_queue` has been called (SwAV: at epoch ``epoch_queue_starts``), the embeddings of every assigned
+    crop are pushed into a FIFO of the last ``queue_length`` embeddings of that crop (newest first: the batch's rows
+    shift the older ones back). Once it is full, crop ``a``'s codes are computed by Sinkhorn on
+    ``[queue scores; batch scores]`` (the queue scored with the *current* prototypes) and only the batch's rows are
+    used, so a small batch still meets a well spread equipartition. The queue is a buffer (in the state dict; one per
+    process under DDP, as SwAV's ``queue<rank>.pth``).
 
     Args:
         num_crops: ``V``, crops per sample (2 for 3D volumes; SwAV's 2D multi-crop: 2 + 6).
@@ -135,11 +142,15 @@ class SwAVLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn rounds (3).
         distributed: as :func:`sinkhorn_knopp` (``False`` for scores that every process holds in full, e.g. a
             validation set evaluated on each process).
+        queue_length: embeddings kept per assigned crop on this process (0: no queue).
+        queue_dim: their size (needed with a queue).
 
-    ``forward(scores, target=None)``: ``scores`` ``(V·B, K)`` crop-major or ``(B, V, K)``; ``target`` is ignored (it
-    is accepted so that MONAI's ``SupervisedTrainer`` can call ``loss_function(pred, label)``). Under DDP the codes
-    are computed over the global batch (see :func:`sinkhorn_knopp`), so the mean of the per-process losses is the
-    loss of the global batch.
+    ``forward(scores, target=None, embeddings=None, prototypes=None)``: ``scores`` ``(V·B, K)`` crop-major or
+    ``(B, V, K)``; ``target`` is ignored (it is accepted so that MONAI's ``SupervisedTrainer`` can call
+    ``loss_function(pred, label)``); ``embeddings`` (same layout, ``queue_dim`` wide) and ``prototypes`` (a callable
+    from ``(N, queue_dim)`` embeddings to ``(N, K)`` scores, e.g. :class:`Prototypes`) are needed once the queue has
+    started. Under DDP the codes are computed over the global batch (see :func:`sinkhorn_knopp`), so the mean of the
+    per-process losses is the loss of the global batch.
     """
 
     def __init__(
@@ -150,8 +161,14 @@ class SwAVLoss(nn.Module):
         epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         distributed: bool | None = None,
+        queue_length: int = 0,
+        queue_dim: int = 0,
     ) -> None:
         super().__init__()
+        if queue_length < 0 or (queue_length > 0 and queue_dim < 1):
+            raise ValueError(
+                f"need queue_length >= 0 and, with a queue, queue_dim >= 1; got {queue_length}, {queue_dim}."
+            )
         if num_crops < 2 or not crops_for_assign or not all(0 <= c < num_crops for c in crops_for_assign):
             raise ValueError(
                 f"need num_crops >= 2 and crops_for_assign within [0, num_crops), got {num_crops} and "
@@ -163,13 +180,51 @@ class SwAVLoss(nn.Module):
         self.epsilon = epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
         self.distributed = distributed
+        self.queue_length = queue_length
+        self.register_buffer("queue", torch.zeros(len(self.crops_for_assign), queue_length, queue_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # rows written so far, at most L
+        self.register_buffer("queue_started", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, scores: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def start_queue(self) -> None:
+        """Fill the queue from the next batch on (nothing without a queue; idempotent)."""
+        if self.queue_length > 0:
+            self.queue_started.fill_(True)
+
+    @torch.no_grad()
+    def _codes(self, i: int, scores: torch.Tensor, embeddings: torch.Tensor | None, prototypes) -> torch.Tensor:
+        """Codes ``(B, K)`` of the ``i``-th assigned crop from its scores, through the queue once it is full; then
+        push the crop's embeddings into its queue."""
+        if not bool(self.queue_started):
+            return sinkhorn_knopp(scores, self.epsilon, self.sinkhorn_iterations, self.distributed)
+        if embeddings is None or prototypes is None:
+            raise ValueError("SwAVLoss: a started queue needs the embeddings and the prototypes in forward().")
+        if self.queue.device != embeddings.device:  # the loss is not moved with the model
+            self.to(embeddings.device)
+        batch = len(scores)
+        if batch > self.queue_length:
+            raise ValueError(f"SwAVLoss: queue_length {self.queue_length} is shorter than the batch ({batch}).")
+        if int(self.queue_filled) >= self.queue_length:
+            queued = _full_precision(prototypes(self.queue[i].to(embeddings.dtype)))
+            scores = torch.cat([queued, scores])
+        codes = sinkhorn_knopp(scores, self.epsilon, self.sinkhorn_iterations, self.distributed)[-batch:]
+        self.queue[i] = torch.cat([embeddings.to(self.queue), self.queue[i, : self.queue_length - batch]])
+        if i == len(self.crops_for_assign) - 1:
+            self.queue_filled.clamp_(max=self.queue_length - batch).add_(batch)
+        return codes
+
+    def forward(
+        self,
+        scores: torch.Tensor,
+        target: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+        prototypes=None,
+    ) -> torch.Tensor:
         views = _full_precision(_views(scores, self.num_crops))
+        crops = None if embeddings is None else _views(embeddings.detach(), self.num_crops)
         log_p = F.log_softmax(views / self.temperature, dim=-1)
         loss = views.new_zeros(())
-        for a in self.crops_for_assign:
-            q = sinkhorn_knopp(views[a].detach(), self.epsilon, self.sinkhorn_iterations, self.distributed)
+        for i, a in enumerate(self.crops_for_assign):
+            q = self._codes(i, views[a].detach(), None if crops is None else crops[a], prototypes)
             cross = torch.stack([-(q * log_p[v]).sum(dim=1).mean() for v in range(self.num_crops) if v != a])
             loss = loss + cross.mean()
         return loss / len(self.crops_for_assign)

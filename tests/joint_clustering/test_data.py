@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlip, RandScaleCrop, Resize
 
+from medssl.clustering import Prototypes
 from medssl.transforms import NormalizeByModalityd
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "joint_clustering" / "configs"
 
 
 def test_select_dims_and_index():
@@ -77,3 +87,141 @@ def test_indexed_batch_passes_local_crops_to_the_network():
     assert inputs.shape == (2, 2, 8, 8) and index.tolist() == [4, 1] and args == ()
     assert kwargs["local_crops"].shape == (2, 3, 4, 4)
     assert IndexedPrepareBatch()(batch)[3] == {}
+
+
+def _fake_volumes():
+    """Two volumes whose slice k is filled with the value 10·volume + k (slice 0 of the first is empty)."""
+    vols = {}
+    for v, depth in ((1, 5), (2, 3)):
+        vol = torch.ones(1, 4, 4, depth) * (10 * v + torch.arange(depth, dtype=torch.float32))
+        vols[f"vol{v}.nii.gz"] = vol
+    vols["vol1.nii.gz"][..., 0] = 0.0
+    return vols
+
+
+def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
+    """Breaks if a volume is one item with a random slice (an epoch would not see every slice; a dataset index would
+    name another image next epoch) or if 2D items are read."""
+    from scripts.data import SelectSliced, slice_items, with_index
+
+    vols = _fake_volumes()
+    items = [{"image": "vol1.nii.gz"}, {"image": "a.png"}, {"image": "vol2.nii.gz"}]
+    loaded = []
+
+    def load(item):
+        loaded.append(item["image"])
+        return {"image": vols[item["image"]]}
+
+    out = with_index(slice_items(items, None, load, min_foreground=0.5, threshold=0.5))
+    assert loaded == ["vol1.nii.gz", "vol2.nii.gz"], "2D items are not read"
+    assert [(d["image"], d.get("slice")) for d in out] == [
+        *[("vol1.nii.gz", k) for k in (1, 2, 3, 4)],  # slice 0 is empty
+        ("a.png", None),
+        *[("vol2.nii.gz", k) for k in (0, 1, 2)],
+    ]
+    select = SelectSliced("image")
+    values = [float(select({**d, "image": vols[d["image"]]})["image"].mean()) for d in out if "slice" in d]
+    assert values == [11, 12, 13, 14, 20, 21, 22]
+    assert out == with_index(slice_items(items, None, load, min_foreground=0.5, threshold=0.5)), "fixed mapping"
+    few = slice_items(items, 2, load, min_foreground=0.5, threshold=0.5, seed=1)
+    assert [d.get("slice") for d in few if d["image"] == "vol1.nii.gz"] == sorted(
+        d["slice"] for d in few if d["image"] == "vol1.nii.gz"
+    )
+    assert sum(d["image"] == "vol1.nii.gz" for d in few) == 2 and few == slice_items(
+        items, 2, load, min_foreground=0.5, threshold=0.5, seed=1
+    )
+    with pytest.raises(ValueError, match="slices_per_volume"):
+        slice_items(items, 0, load)
+    with pytest.raises(ValueError, match="slice_items"):
+        select({"image": vols["vol2.nii.gz"]})
+    assert select({"image": torch.rand(1, 4, 4, 1)})["image"].shape == (1, 4, 4)
+
+
+def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():
+    """DeepCluster-v2 clusters the embeddings remembered under each dataset index during an epoch and looks the
+    labels up by index in the next one: the image behind an index must not change between epochs. Breaks with a
+    random slice per draw (the old RandSliced item per volume)."""
+    from scripts.data import SelectSliced, slice_items, with_index
+    from scripts.objectives import ClusteringLoss
+
+    vols = _fake_volumes()
+    items = with_index(
+        slice_items(
+            [{"image": "vol1.nii.gz"}, {"image": "vol2.nii.gz"}],
+            None,
+            lambda i: {"image": vols[i["image"]]},
+            min_foreground=0.5,
+            threshold=0.5,
+        )
+    )
+    select = SelectSliced("image")
+
+    def embed(index: int) -> torch.Tensor:
+        """Embedding of the image the dataset gives for ``index``: which volume it comes from (two clusters)."""
+        image = select({**items[index], "image": vols[items[index]["image"]]})["image"]
+        value = float(image.mean())
+        return torch.nn.functional.normalize(
+            torch.tensor([1.0 if value < 20 else 0.0, 1.0 if value >= 20 else 0.0, 0.01 * value, 0.0]), dim=0
+        )
+
+    torch.manual_seed(0)
+    loss_fn = ClusteringLoss("deepclusterv2", num_crops=2, memory_size=len(items), embed_dim=4)
+    prototypes = Prototypes(4, [2])
+    for index in torch.randperm(len(items)).tolist():  # epoch 1, shuffled
+        z = embed(index).expand(1, 2, 4)
+        loss_fn.remember({"embeddings": z}, torch.tensor([index]))
+    loss_fn.recluster(prototypes, (2,), iterations=5)
+    labels = loss_fn.assignments[0]
+    for index in torch.randperm(len(items)).tolist():  # epoch 2, another order: label = the sample's own cluster
+        own = int(prototypes(embed(index))[0].argmax())
+        assert int(labels[index]) == own
+
+
+def _parsed(config: str, id: str, **overrides):
+    parser = ConfigParser(json.loads((CONFIGS / config).read_text()))
+    parser.update(overrides)
+    return parser.get_parsed_content(id)
+
+
+def test_stage1_views_are_swav_random_resized_crops_with_colour_strength_08():
+    """Breaks if the crop draws its sides independently (aspect up to 2.7:1), the brightness jitter is not 0.8, or
+    contrast is a gamma instead of a contrast factor (a blend with the mean, as torchvision's ColorJitter)."""
+    view = _parsed("pretrain_stage1.json", "global_view")
+    names = [type(t).__name__ for t in view.transforms]
+    assert names[:2] == ["RandAreaRatioCrop", "Resize"] and "RandAdjustContrast" not in names
+    crop = view.transforms[0].set_random_state(0)
+    image = torch.rand(1, 200, 200)
+    ratios = [(lambda c: c.shape[1] / c.shape[2])(crop(image)) for _ in range(500)]
+    assert min(ratios) >= 0.75 - 0.02 and max(ratios) <= 4 / 3 + 0.02
+    brightness = view.transforms[names.index("RandScaleIntensity")]
+    assert tuple(brightness.factors) == (-0.8, 0.8)
+    contrast = view.transforms[names.index("RandScaleIntensityFixedMean")]
+    assert tuple(contrast.factors) == (-0.8, 0.8) and contrast.fixed_mean
+    contrast.prob = 1.0
+    contrast.set_random_state(1)
+    out = contrast(image)
+    factor = float(out.std() / image.std())
+    assert 0.2 <= factor <= 1.8 and math.isclose(float(out.mean()), float(image.mean()), abs_tol=1e-5)
+    torch.testing.assert_close(out, (image - image.mean()) * factor + image.mean(), atol=1e-5, rtol=1e-4)
+
+
+def test_stage3_flip_reverses_slice_order_bias_is_symmetric_and_gamma_log_uniform():
+    """The authors' torchio list: RandomFlip (axis 0 of their slices-first volumes, p 0.5), RandomBiasField
+    (coefficients ±0.5), RandomGamma (log-uniform). Breaks if the flip is in-plane or always applied, the bias
+    coefficients are [0, 0.5], or gamma is uniform."""
+    one_of = _parsed("pretrain_stage3.json", "train#preprocessing#transforms#5#transform")
+    by_name = {type(t).__name__: t for t in one_of.transforms}
+    flip = by_name["RandFlip"].set_random_state(0)
+    volume = torch.arange(6.0).expand(1, 2, 2, 6)  # slice k holds k
+    outputs = {tuple(flip(volume)[0, 0, 0].tolist()) for _ in range(20)}
+    assert outputs == {(0.0, 1.0, 2.0, 3.0, 4.0, 5.0), (5.0, 4.0, 3.0, 2.0, 1.0, 0.0)}, "p 0.5, slice order reversed"
+    assert tuple(by_name["RandBiasField"].coeff_range) == (-0.5, 0.5)
+    gamma = by_name["RandLogGamma"].set_random_state(0)
+    draws = []
+    for _ in range(4000):
+        gamma.randomize()
+        draws.append(gamma.gamma_value)
+    logs = np.log(draws)
+    assert math.isclose(logs.min(), -0.3, abs_tol=0.01) and math.isclose(logs.max(), 0.3, abs_tol=0.01)
+    assert abs(np.mean(np.array(draws) < 1) - 0.5) < 0.03, "log-uniform: γ < 1 as likely as γ > 1 (uniform: 0.43)"
+    assert np.histogram(logs, bins=4, range=(-0.3, 0.3))[0].min() > 850, "uniform in log γ"

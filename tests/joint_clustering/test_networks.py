@@ -146,3 +146,57 @@ def test_slice_unet_segments_every_slice_independently(tmp_path):
     torch.save({"model": source.state_dict()}, tmp_path / "pretrained.pt")
     load_pretrained(unet, tmp_path / "pretrained.pt", exclude=r"^(?!intra\.trunk\.)")
     torch.testing.assert_close(unet.intra.trunk.layer4[0].conv1.weight, source.intra.trunk.layer4[0].conv1.weight)
+
+
+def test_projection_head_runs_once_on_all_crops():
+    """SwAV runs the head on the concatenated embeddings of all resolutions. Breaks if the head runs once per
+    resolution (its BatchNorm would normalise global and local crops with separate batch statistics)."""
+    from scripts.networks import SliceClusteringNet
+
+    torch.manual_seed(0)
+    net = SliceClusteringNet(tiny_intra(), hidden_dim=32, out_dim=8, num_prototypes=5).train()
+    crops, local = torch.rand(3, 2, 32, 32), torch.rand(3, 4, 16, 16)
+    out = net(crops, local_crops=local)
+    bn = net.head[1]
+    assert int(bn.num_batches_tracked) == 1, "one head call per forward"
+    with torch.no_grad():
+        y = torch.cat(
+            [
+                net.intra(crops.reshape(6, 1, 32, 32)).reshape(3, 2, -1),
+                net.intra(local.reshape(12, 1, 16, 16)).reshape(3, 4, -1),
+            ],
+            dim=1,
+        )
+        reference = torch.nn.BatchNorm1d(32)
+        hidden = net.head[0](y.reshape(18, -1))
+        reference(hidden)
+    torch.testing.assert_close(bn.running_mean, reference.running_mean)
+    torch.testing.assert_close(bn.running_var, reference.running_var)
+    z = F.normalize(net.head[3](F.relu(F.batch_norm(hidden, None, None, bn.weight, bn.bias, training=True))), dim=1)
+    torch.testing.assert_close(out["embeddings"], z.reshape(3, 6, -1))
+
+
+def test_inter_layer_dropout_follows_each_layer_norm():
+    """The authors' EncoderLayer: x = drop(LN1(x + attn(x))); x = drop(LN2(x + W2 drop(GELU(W1 x)))). Breaks if
+    dropout sits on the residual branches instead (before the LayerNorms) or is missing after LN2."""
+    from scripts.networks import InterLayer
+
+    torch.manual_seed(0)
+    layer = InterLayer(16, 2, 8, 24, dropout=0.5, stride=2, token_axis="slices", num_slices=8).train()
+    x = torch.randn(2, 8, 16)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)  # the same dropout masks, drawn in the same order by hand
+    lin1, lin2 = layer.mlp[0], layer.mlp[3]
+    y = F.dropout(layer.norm1(x + layer.attention(x)), 0.5, training=True)
+    h = F.dropout(F.gelu(lin1(y)), 0.5, training=True)
+    expected = F.dropout(layer.norm2(y + lin2(h)), 0.5, training=True)
+    torch.testing.assert_close(out, expected)
+    layer.dropout1.p = layer.dropout2.p = layer.mlp[2].p = 1.0
+    assert layer(x).abs().sum() == 0, "the output of the last LayerNorm is dropped"
+    assert [n for n, _ in layer.named_parameters() if n.startswith("mlp")] == [
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.3.weight",
+        "mlp.3.bias",
+    ], "checkpoint keys unchanged"

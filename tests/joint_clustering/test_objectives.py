@@ -158,3 +158,36 @@ def test_validation_views_are_fixed_and_leave_the_training_random_streams_alone(
     torch.manual_seed(0)
     assert handler.evaluate() == first
     assert torch.equal(torch.rand(1), after)
+
+
+def test_swav_queue_starts_at_epoch_queue_starts_and_needs_the_prototypes():
+    """SwAV's options: the queue (trimmed to whole batches) is filled from 0-based epoch ``epoch_queue_starts`` on,
+    the network's prototypes score it. Breaks if the queue starts at once, is sized per batch wrongly, or a queue is
+    accepted where it cannot work (DeepCluster-v2, no prototypes)."""
+    from scripts.objectives import ClusteringLoss, DeepClusterHandler
+
+    prototypes = Prototypes(4, 6)
+    loss_fn = ClusteringLoss(
+        "swav", 2, queue_length=10, epoch_queue_starts=2, batch_size=3, embed_dim=4, prototypes=prototypes
+    )
+    assert loss_fn.objective.queue.shape == (2, 9, 4), "10 trimmed to a multiple of the batch, as SwAV"
+    assert "objective.queue" in loss_fn.state_dict() and not any("prototypes" in k for k in loss_fn.state_dict())
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=2))
+    handlers = []
+    DeepClusterHandler(loss_fn, torch.nn.Identity(), None).attach(
+        SimpleNamespace(add_event_handler=lambda event, fn: handlers.append(fn))
+    )
+    handlers[0](engine)  # epoch 2 (1-based) = 0-based 1: not yet
+    assert not bool(loss_fn.objective.queue_started)
+    engine.state.epoch = 3
+    handlers[0](engine)
+    assert bool(loss_fn.objective.queue_started)
+    z = torch.nn.functional.normalize(torch.randn(3, 2, 4), dim=-1)
+    loss_fn({"scores": prototypes(z), "embeddings": z}, torch.arange(3))
+    torch.testing.assert_close(loss_fn.objective.queue[0, :3], z[:, 0])
+    with pytest.raises(ValueError, match="swav"):
+        ClusteringLoss("deepclusterv2", 2, memory_size=4, queue_length=8, prototypes=prototypes)
+    with pytest.raises(ValueError, match="prototypes"):
+        ClusteringLoss("swav", 2, queue_length=8)
+    with pytest.raises(ValueError, match="less than one batch"):
+        ClusteringLoss("swav", 2, queue_length=2, batch_size=3, prototypes=prototypes)

@@ -11,7 +11,7 @@ from medssl.demo import scalars
 from medssl.runner import run_crashed_and_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS, ITERS = 3, 3  # 7 mixed 2D/3D items, batches of 2, the last one dropped
+EPOCHS, ITERS = 3, 3  # 7 mixed 2D/3D items (one slice per volume), batches of 2, the last one dropped
 
 
 def _overrides(samples_dir: Path, **extra) -> dict:
@@ -22,6 +22,7 @@ def _overrides(samples_dir: Path, **extra) -> dict:
         "warmup_epochs": 1,
         "method": "deepclusterv2",
         "num_prototypes": [3, 4],
+        "slices_per_volume": 1,
         "intra_layers": [1, 1, 1, 1],
         "intra_block_inplanes": [4, 8, 8, 8],
         "intra_block": "basic",

@@ -121,6 +121,9 @@ def _embed_slices(intra: IntraEncoder, volumes: torch.Tensor, chunk: int) -> tor
 class InterLayer(nn.Module):
     """One post-norm transformer layer of ``f_inter``: deformable self-attention, then a GELU feed-forward block.
 
+    The authors' ``EncoderLayer``: ``x = drop(LN1(x + attn(x)))``, ``x = drop(LN2(x + W2 drop(GELU(W1 x))))``, i.e.
+    dropout *after* each LayerNorm (not on the residual branch) and inside the feed-forward block after the GELU.
+
     With ``token_axis="slices"`` attention runs across the ``D`` slice tokens of width ``dim`` (paper, Eqs. 6-8);
     with ``"features"`` it runs across the ``dim`` features, each a token of ``num_slices`` values (the authors'
     code, which passes the slices as the channels of ``DeformableAttention1D``). The feed-forward block acts on
@@ -147,11 +150,10 @@ class InterLayer(nn.Module):
             width, num_heads=num_heads, head_dim=head_dim, stride=stride, max_relative_distance=length
         )
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
-        )
+        self.dropout1 = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, D, dim)`` to ``(B, D, dim)``."""
@@ -159,8 +161,8 @@ class InterLayer(nn.Module):
             attended = self.attention(x)
         else:
             attended = self.attention(x.transpose(1, 2)).transpose(1, 2)
-        x = self.norm1(x + self.dropout(attended))
-        return self.norm2(x + self.mlp(x))
+        x = self.dropout1(self.norm1(x + attended))
+        return self.dropout2(self.norm2(x + self.mlp(x)))
 
 
 class InterTransformer(nn.Module):
@@ -175,7 +177,7 @@ class InterTransformer(nn.Module):
         num_heads: heads (8).
         head_dim: channels per head (64).
         mlp_dim: feed-forward width (720, the authors' code).
-        dropout: dropout of the attention output and feed-forward block (0.1).
+        dropout: dropout after each LayerNorm and inside the feed-forward block (0.1, the authors' layer).
         stride: down-sampling factor of the deformable reference grid (4: 16 keys for 64 slices).
         num_slices: slices per volume (64); fixed for ``token_axis="features"`` (it is the attention width).
         token_axis: ``"slices"`` (paper) or ``"features"`` (authors' code).
@@ -225,6 +227,8 @@ class SliceClusteringNet(nn.Module):
     ``forward(crops, local_crops=None)``: ``crops`` ``(B, V, H, W)`` (the global crops) and optional
     ``local_crops`` ``(B, V_l, h, w)``; returns ``{"scores": (B, V + V_l, K)`` (a list per head for several
     prototype sets), ``"embeddings": (B, V + V_l, out_dim)}``, the embeddings L2-normalised (paper Eq. 1).
+    ``f_intra`` runs once per crop resolution; the projection head runs once on the embeddings of all crops
+    concatenated (SwAV's multi-resolution forward), so its BatchNorm normalises them with one batch statistic.
 
     Args:
         intra: ``f_intra``.
@@ -252,15 +256,17 @@ class SliceClusteringNet(nn.Module):
         )
         self.prototypes = Prototypes(out_dim, num_prototypes, freeze_iterations)
 
-    def _embed(self, crops: torch.Tensor) -> torch.Tensor:
+    def _trunk(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(B, V, H, W)`` crops of one resolution to ``(B, V, embed_dim)`` slice embeddings."""
         b, v = crops.shape[:2]
-        z = self.head(self.intra(crops.reshape(b * v, 1, *crops.shape[2:])))
-        return F.normalize(z, dim=1).reshape(b, v, -1)
+        return self.intra(crops.reshape(b * v, 1, *crops.shape[2:])).reshape(b, v, -1)
 
     def forward(self, crops: torch.Tensor, local_crops: torch.Tensor | None = None) -> dict:
-        z = self._embed(crops)
+        y = self._trunk(crops)
         if local_crops is not None and local_crops.shape[1] > 0:
-            z = torch.cat([z, self._embed(local_crops)], dim=1)
+            y = torch.cat([y, self._trunk(local_crops)], dim=1)
+        b, v = y.shape[:2]
+        z = F.normalize(self.head(y.reshape(b * v, -1)), dim=1).reshape(b, v, -1)
         return {"scores": self.prototypes(z), "embeddings": z}
 
 

@@ -3,7 +3,8 @@
 :class:`ClusteringLoss` wraps :class:`medssl.clustering.SwAVLoss` and :class:`medssl.clustering.DeepClusterV2Loss`
 behind one ``method`` switch, taking the ``{"scores", "embeddings"}`` output of
 :class:`scripts.networks.SliceClusteringNet` / :class:`scripts.networks.VolumeClusteringNet` and the samples' dataset
-indices as the trainer's target. :class:`DeepClusterHandler` runs DeepCluster-v2's k-means at every epoch start;
+indices as the trainer's target. :class:`DeepClusterHandler` runs DeepCluster-v2's k-means at every epoch start
+(and starts SwAV's queue at epoch ``epoch_queue_starts``);
 :class:`ClusterStatistics` puts the assignment entropy and prototype usage in ``engine.state.metrics`` so TensorBoard
 shows a collapse (usage falling to a few prototypes). Every statistic spanning the batch is all-reduced under DDP.
 """
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medssl.clustering import DeepClusterV2Loss, FeatureMemoryBank, SwAVLoss, kmeans_assignments
+from medssl.clustering import DeepClusterV2Loss, FeatureMemoryBank, Prototypes, SwAVLoss, kmeans_assignments
 
 __all__ = ["ClusteringLoss", "DeepClusterHandler", "ClusterStatistics", "assignment_statistics", "METHODS"]
 
@@ -41,7 +42,13 @@ class ClusteringLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn rounds (3).
         memory_size: DeepCluster-v2 memory slots per process: the samples this process sees per epoch (batches per
             epoch × batch size), so that the memory holds exactly the last epoch; unused by SwAV.
-        embed_dim: embedding size stored in the memory (DeepCluster-v2).
+        embed_dim: embedding size stored in the memory (DeepCluster-v2) or in SwAV's queue.
+        queue_length: SwAV's queue of past embeddings over all processes (0: none, the paper's code); trimmed to a
+            multiple of ``batch_size`` × processes and split between the processes, as in SwAV.
+        epoch_queue_starts: 0-based epoch from which the queue is filled (15, SwAV); used once it is full.
+        batch_size: samples per process per step (for the queue's length).
+        prototypes: the network's :class:`medssl.clustering.Prototypes`, which score the queue (needed with a
+            queue; held by reference, not part of this loss's state dict).
 
     ``forward(output, index)``: ``output`` is the network's dict; ``index`` ``(B,)`` the dataset indices (stored
     in the memory and used to look up the k-means labels; ignored by SwAV).
@@ -57,14 +64,36 @@ class ClusteringLoss(nn.Module):
         sinkhorn_iterations: int = 3,
         memory_size: int = 0,
         embed_dim: int = 128,
+        queue_length: int = 0,
+        epoch_queue_starts: int = 15,
+        batch_size: int = 1,
+        prototypes: Prototypes | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         self.method = method
         self.crops_for_assign = tuple(crops_for_assign)
+        self.epoch_queue_starts = epoch_queue_starts
+        self._score_queue = None if prototypes is None else prototypes.forward  # a method: not a submodule
+        local_queue = 0
+        if queue_length > 0:
+            if method != "swav" or prototypes is None:
+                raise ValueError("queue_length > 0 needs method 'swav' and the network's prototypes (queue scores).")
+            world = dist.get_world_size() if _distributed() else 1
+            local_queue = (queue_length - queue_length % (batch_size * world)) // world
+            if local_queue < batch_size:
+                raise ValueError(f"queue_length {queue_length} holds less than one batch of {batch_size} x {world}.")
         if method == "swav":
-            self.objective = SwAVLoss(num_crops, crops_for_assign, temperature, epsilon, sinkhorn_iterations)
+            self.objective = SwAVLoss(
+                num_crops,
+                crops_for_assign,
+                temperature,
+                epsilon,
+                sinkhorn_iterations,
+                queue_length=local_queue,
+                queue_dim=embed_dim if local_queue else 0,
+            )
             self.memory = None
         else:
             if memory_size < 1:
@@ -80,9 +109,14 @@ class ClusteringLoss(nn.Module):
             self.memory.to(embeddings.device)
         self.memory.update(index.flatten(), embeddings)
 
+    def start_epoch(self, epoch: int) -> None:
+        """At the start of 0-based ``epoch``: start SwAV's queue from ``epoch_queue_starts`` on (SwAV)."""
+        if self.memory is None and epoch >= self.epoch_queue_starts:
+            self.objective.start_queue()
+
     def forward(self, output: dict, index: torch.Tensor) -> torch.Tensor:
         if self.memory is None:
-            return self.objective(output["scores"])
+            return self.objective(output["scores"], embeddings=output.get("embeddings"), prototypes=self._score_queue)
         self.remember(output, index)
         if self.assignments.numel() == 0:
             raise RuntimeError("DeepCluster-v2 has no k-means labels yet: attach DeepClusterHandler to the trainer.")
@@ -111,11 +145,12 @@ class ClusteringLoss(nn.Module):
 
 
 class DeepClusterHandler:
-    """DeepCluster-v2's per-epoch clustering for a MONAI trainer.
+    """DeepCluster-v2's per-epoch clustering, and the start of SwAV's queue, for a MONAI trainer.
 
-    At the first epoch start the memory is filled by one pass over the training data without gradients (SwAV's
-    ``init_memory``); at every epoch start the memory is clustered (:meth:`ClusteringLoss.recluster`) with the
-    epoch as the k-means seed. Does nothing for SwAV.
+    DeepCluster-v2: at the first epoch start the memory is filled by one pass over the training data without
+    gradients (SwAV's ``init_memory``); at every epoch start the memory is clustered
+    (:meth:`ClusteringLoss.recluster`) with the epoch as the k-means seed. SwAV: at every epoch start
+    :meth:`ClusteringLoss.start_epoch` (the queue starts at ``epoch_queue_starts``; nothing without a queue).
 
     Args:
         loss: the trainer's :class:`ClusteringLoss`.
@@ -137,6 +172,8 @@ class DeepClusterHandler:
     def attach(self, engine: Engine) -> None:
         if self.loss.memory is not None:
             engine.add_event_handler(Events.EPOCH_STARTED, self.cluster)
+        else:
+            engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.loss.start_epoch(e.state.epoch - 1))
 
     @torch.no_grad()
     def fill_memory(self, engine: Engine) -> None:
