@@ -63,6 +63,7 @@ from PIL import Image
 from pydicom.misc import is_dicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from medssl.crops import random_resized_box
 from medssl.data import SkipBadSamplesDataset
 from medssl.transforms import NormalizeIntensity01
 
@@ -511,10 +512,9 @@ class RandResizedCrop(RandomizableTransform):
     """torchvision's ``RandomResizedCrop`` for channel-first 2D images (the MAE pre-training augmentation).
 
     With probability ``prob`` a box of area ``U(scale) * area`` and aspect ratio ``exp(U(log ratio))`` (width, the
-    first spatial axis, over height) is drawn up to 10 times; if none fits, a centre box with the ratio clamped to
-    ``ratio``. The box (or, when not applied, the whole image) is resized by :class:`Resize2D`, so ``prob=0`` is a
-    plain resize. MONAI's ``RandSpatialCrop(random_size=True)`` draws each side independently, which is not the same
-    distribution.
+    first spatial axis, over height) is drawn (:func:`medssl.crops.random_resized_box`). The box (or, when not
+    applied, the whole image) is resized by :class:`Resize2D`, so ``prob=0`` is a plain resize. MONAI's
+    ``RandSpatialCrop(random_size=True)`` draws each side independently, which is not the same distribution.
 
     Args:
         spatial_size: output size (int: square).
@@ -536,28 +536,13 @@ class RandResizedCrop(RandomizableTransform):
     ) -> None:
         super().__init__(prob)
         self.scale = tuple(scale)
-        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.ratio = tuple(ratio)
         self.resize = Resize2D(spatial_size, mode, antialias)
         self.box: tuple[list[int], list[int]] | None = None
 
     def randomize(self, spatial_shape: Sequence[int]) -> None:
         super().randomize(None)
-        self.box = self._draw_box(spatial_shape) if self._do_transform else None
-
-    def _draw_box(self, spatial_shape: Sequence[int]) -> tuple[list[int], list[int]]:
-        width, height = (int(s) for s in spatial_shape)
-        area = width * height
-        for _ in range(10):
-            target = area * self.R.uniform(*self.scale)
-            aspect = math.exp(self.R.uniform(*self.log_ratio))
-            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                x, y = self.R.randint(0, width - w + 1), self.R.randint(0, height - h + 1)
-                return [x, y], [x + w, y + h]
-        aspect = min(max(width / height, math.exp(self.log_ratio[0])), math.exp(self.log_ratio[1]))
-        w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
-        x, y = (width - w) // 2, (height - h) // 2
-        return [x, y], [x + w, y + h]
+        self.box = random_resized_box(spatial_shape, self.scale, self.ratio, self.R) if self._do_transform else None
 
     def crop(self, img: NdarrayOrTensor, resize: Resize2D | None = None) -> MetaTensor:
         """Crop the current box (if any) and resize, with ``resize`` or this transform's own."""
