@@ -1,5 +1,6 @@
-"""Ignite handlers: PNG grids of inputs, targets and predictions, per-class AUC, a segmentation metric's trivial
-baseline, and a guard that stops a trainer with one clear line on an empty data loader or a NaN/Inf loss."""
+"""Ignite handlers: PNG grids of inputs, targets and predictions (with each panel's error against a reference),
+per-class AUC, a segmentation metric's trivial baseline, the learning rate in TensorBoard, and a guard that stops a
+trainer with one clear line on an empty data loader or a NaN/Inf loss. Segmentation overlays: :mod:`medssl.figures`."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
+from monai.handlers.tensorboard_handlers import TensorBoardHandler  # noqa: E402
 
 __all__ = [
     "ImageGridSaver",
+    "LearningRateLogger",
     "NonFiniteLossError",
     "PerClassAUC",
     "TrainingGuard",
@@ -51,6 +54,9 @@ class ImageGridSaver:
         channels: channel shown for each column (e.g. 1 for the foreground of a one-hot label); default 0.
         panel_titles: ``{column key: format string}`` filled with the sample's scalar values and shown above that
             column's panel in every row, e.g. ``{"pred": "loss {loss:.3f}"}``; a missing value is an error.
+        error_reference: column key of the target (e.g. the original image): every other panel's title gets the
+            mean squared error of that panel's whole image (all channels, the values shown) against it,
+            ``MSE vs <reference title> 0.0123``; the reference panel is marked ``(reference)``.
     """
 
     def __init__(
@@ -65,7 +71,10 @@ class ImageGridSaver:
         value_range: Sequence[float] | None = (0.0, 1.0),
         channels: Sequence[int] | None = None,
         panel_titles: Mapping[str, str] | None = None,
+        error_reference: str | None = None,
     ) -> None:
+        if error_reference is not None and error_reference not in columns:
+            raise ValueError(f"ImageGridSaver: error_reference {error_reference!r} is not one of columns {columns}.")
         self.output_dir = output_dir
         self.columns = list(columns)
         self.titles = list(titles) if titles is not None else self.columns
@@ -76,6 +85,7 @@ class ImageGridSaver:
         self.value_range = value_range
         self.channels = list(channels) if channels is not None else [0] * len(self.columns)
         self.panel_titles = dict(panel_titles or {})
+        self.error_reference = error_reference
         self.saved: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -98,7 +108,8 @@ class ImageGridSaver:
                 ax.set_axis_off()
                 title = self.panel_title(sample, key, self.titles[col] if row == 0 else "")
                 if title:
-                    ax.set_title(title, fontsize="medium" if key in self.panel_titles else "large")
+                    small = key in self.panel_titles or self.error_reference is not None
+                    ax.set_title(title, fontsize="medium" if small else "large")
         fig.suptitle(f"epoch {engine.state.epoch}")
         fig.tight_layout()
         path = os.path.join(self.output_dir, f"{self.prefix}_epoch{engine.state.epoch:04d}.png")
@@ -109,9 +120,30 @@ class ImageGridSaver:
         self.saved.append(path)
 
     def panel_title(self, sample: Mapping, key: str, title: str = "") -> str:
-        """``title``, then the sample's line of ``panel_titles[key]`` (if any) on a new line."""
-        if key not in self.panel_titles:
-            return title
+        """``title``, then the sample's line of ``panel_titles[key]`` (if any) and its error against
+        ``error_reference`` (if set), each on a new line."""
+        lines = [title] if title else []
+        if key in self.panel_titles:
+            lines.append(self._panel_line(sample, key))
+        if self.error_reference is not None:
+            lines.append(self.error_line(sample, key))
+        return "\n".join(lines)
+
+    def error_line(self, sample: Mapping, key: str) -> str:
+        """``MSE vs <reference title> <value>`` of the panel ``key`` (``(reference)`` for the reference itself)."""
+        ref = self.error_reference
+        if key == ref:
+            return "(reference)"
+        panel = torch.as_tensor(sample[key]).detach().cpu().double()
+        target = torch.as_tensor(sample[ref]).detach().cpu().double()
+        if panel.shape != target.shape:
+            raise ValueError(
+                f"ImageGridSaver: panel {key!r} {tuple(panel.shape)} and error_reference {ref!r} "
+                f"{tuple(target.shape)} differ in shape."
+            )
+        return f"MSE vs {self.titles[self.columns.index(ref)]} {float((panel - target).square().mean()):.4f}"
+
+    def _panel_line(self, sample: Mapping, key: str) -> str:
         values = {
             k: float(v)
             for k, v in sample.items()
@@ -119,13 +151,12 @@ class ImageGridSaver:
             and (v.numel() if isinstance(v, torch.Tensor) else np.size(v)) == 1
         }
         try:
-            line = self.panel_titles[key].format(**values)
+            return self.panel_titles[key].format(**values)
         except KeyError as e:
             raise KeyError(
                 f"ImageGridSaver: panel title {self.panel_titles[key]!r} of column {key!r} needs the sample value "
                 f"{e}; the sample's scalar values are {sorted(values)}."
             ) from None
-        return f"{title}\n{line}" if title else line
 
 
 def _per_sample(output: list[dict] | dict) -> list[dict]:
@@ -197,6 +228,50 @@ class PerClassAUC:
             preds, labels = evenly_divisible_all_gather(preds), evenly_divisible_all_gather(labels)
         for c, name in enumerate(self.names):
             engine.state.metrics[f"{self.prefix}{name}"] = float(compute_roc_auc(preds[:, c], labels[:, c]))
+
+
+class LearningRateLogger(TensorBoardHandler):
+    """Write the optimiser's learning rate to TensorBoard as the scalar ``tag``, at the start of every ``interval``-th
+    epoch (step = epoch: the rate that epoch starts with, after the schedulers of the previous one) or iteration.
+
+    With several parameter groups of different rates each is written as ``{tag}/group{i}`` as well (``tag`` is the
+    first group's). Attach it to a trainer, next to its ``TensorBoardStatsHandler`` (same ``log_dir``).
+
+    Args:
+        optimizer: the trainer's optimiser (anything with ``param_groups``, e.g. :class:`medssl.larc.LARC`).
+        log_dir: TensorBoard folder when no ``summary_writer`` is given.
+        summary_writer: a ``SummaryWriter`` to share.
+        tag: scalar name.
+        epoch_level: per epoch (True) or per iteration.
+        interval: epochs (iterations) between values.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        log_dir: str = "./runs",
+        summary_writer: Any = None,
+        tag: str = "learning_rate",
+        epoch_level: bool = True,
+        interval: int = 1,
+    ) -> None:
+        super().__init__(summary_writer=summary_writer, log_dir=log_dir)
+        self.optimizer, self.tag, self.epoch_level, self.interval = optimizer, tag, epoch_level, interval
+
+    def attach(self, engine: Engine) -> None:
+        event = Events.EPOCH_STARTED if self.epoch_level else Events.ITERATION_STARTED
+        engine.add_event_handler(event(every=self.interval), self)
+        if self.internal_writer:
+            engine.add_event_handler(Events.COMPLETED, lambda _: self.close())
+
+    def __call__(self, engine: Engine) -> None:
+        step = engine.state.epoch if self.epoch_level else engine.state.iteration
+        rates = [float(group["lr"]) for group in self.optimizer.param_groups]
+        self._writer.add_scalar(self.tag, rates[0], step)
+        if len(set(rates)) > 1:
+            for i, rate in enumerate(rates):
+                self._writer.add_scalar(f"{self.tag}/group{i}", rate, step)
+        self._writer.flush()
 
 
 class NonFiniteLossError(FloatingPointError):
