@@ -274,12 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         out.write_text(report(kept, bundles))
         return 0
-    rows = []
+    rows, merged = [], kept
     for name in args.bundle or bundles:
         rows.append(run_bundle(name, samples, work / name, args.seeds, out.with_suffix("") / f"{name}_pretext.png"))
-    merged = merge_rows(kept, rows)
-    results.write_text(json.dumps(merged, indent=1) + "\n")
-    out.write_text(report(merged, bundles))
+        merged = merge_rows(merged, rows[-1:])  # written after each bundle: a stopped run keeps the finished ones
+        results.write_text(json.dumps(merged, indent=1) + "\n")
+        out.write_text(report(merged, bundles))
     print("\n" + table(rows) + f"\n\nwrote {out} and {results}; {sum(r['minutes'] for r in rows):.1f} min in all")
     failed = [r["bundle"] for r in rows if not row_ok(r)]
     if failed:
