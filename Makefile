@@ -13,10 +13,10 @@ STAMP := $(VENV)/.installed
 .PHONY: help install data demo test lint format bench clean
 
 help:
-	@echo "make demo [BUNDLE=name]   set up, build the sample data, run every bundle's demo"
+	@echo "make demo [BUNDLE='a b'] set up, build the sample data, run every bundle's demo"
 	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
-	@echo "make bench                speed benchmarks (benchmarks/)"
-	@echo "make evidence [BUNDLE=name] [SEEDS=3]  does each pre-training learn and help? (docs/evidence.md)"
+	@echo "make bench [GENESIS_OFFICIAL=..] [MAE_OFFICIAL=..]  speed benchmarks (benchmarks/), side by side with the authors' code"
+	@echo "make evidence [BUNDLE='a b'] [SEEDS=3]  does each pre-training learn and help? (docs/evidence.md)"
 	@echo "make dist [BUNDLE=..] [DIST_URL=..]  self-contained bundle zips + model_info.json in dist/"
 	@echo "make lock [BUNDLE=..]     record bundle versions and content hashes (bundles/versions.lock.json)"
 	@echo "make monailabel-env       MONAI Label 0.8.5 in .venv/envs (docs/monai_label.md)"
@@ -44,7 +44,7 @@ data: $(STAMP)
 	$(PY) -m medssl.data samples --out $(SAMPLES)
 
 demo: data
-	$(PY) -m medssl.demo --samples $(SAMPLES) $(if $(BUNDLE),--bundle $(BUNDLE),)
+	$(PY) -m medssl.demo --samples $(SAMPLES) $(foreach b,$(BUNDLE),--bundle $(b))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -57,13 +57,24 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The side-by-side against the authors' code needs their checkouts, outside this repository: GENESIS_OFFICIAL is
+# ModelsGenesis' pytorch folder, MAE_OFFICIAL a facebookresearch/mae checkout (timm 0.4.5 on PYTHONPATH, see the script).
+GENESIS_OFFICIAL ?=
+MAE_OFFICIAL ?=
 bench: data
-	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES)
+	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES) $(if $(GENESIS_OFFICIAL),--official-path $(GENESIS_OFFICIAL),)
 	$(PY) benchmarks/training_steps.py --samples $(SAMPLES)
+	@if [ -z "$(GENESIS_OFFICIAL)" ]; then \
+	  echo "make bench: the side-by-side with the authors' code was NOT run: set GENESIS_OFFICIAL=<ModelsGenesis checkout>/pytorch (and MAE_OFFICIAL=<mae checkout> for the MAE rows)"; \
+	else \
+	  if [ -z "$(MAE_OFFICIAL)" ]; then echo "make bench: MAE_OFFICIAL unset, the MAE rows are skipped"; fi; \
+	  $(PY) benchmarks/official_side_by_side.py --samples $(SAMPLES) --genesis-official $(GENESIS_OFFICIAL) \
+	    $(if $(MAE_OFFICIAL),--mae-official $(MAE_OFFICIAL),); \
+	fi
 
 .PHONY: evidence
 evidence: data
-	$(PY) benchmarks/evidence.py --samples $(SAMPLES) $(if $(BUNDLE),--bundle $(BUNDLE),) $(if $(SEEDS),--seeds $(SEEDS),)
+	$(PY) benchmarks/evidence.py --samples $(SAMPLES) $(foreach b,$(BUNDLE),--bundle $(b)) $(if $(SEEDS),--seeds $(SEEDS),)
 
 clean:
 	rm -rf $(VENV) $(SAMPLES) dist .pytest_cache .ruff_cache
@@ -81,4 +92,4 @@ lock: $(STAMP)
 
 monailabel-env: $(STAMP)
 	$(PY) tools/side_venv.py $(VENV)/envs/monailabel-0.8.5 -r tools/monailabel-requirements.txt \
-	  --no-deps-spec monailabel==0.8.5 --no-deps-spec medmnist==3.0.2 --path tools/monailabel_shim
+	  --no-deps-spec monailabel==0.8.5 --path tools/monailabel_shim

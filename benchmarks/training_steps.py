@@ -180,7 +180,7 @@ def main() -> None:
     args.samples = str(Path(args.samples).resolve())
     results = Path(args.out).with_suffix(".json")
     if args.report_only:
-        Path(args.out).write_text(report(json.loads(results.read_text()), args))
+        write_report(report(json.loads(results.read_text()), args), Path(args.out))
         return
     rows = []
     for bundle in args.bundles:
@@ -205,8 +205,15 @@ def main() -> None:
         key=lambda r: (r["bundle"], r["size"], order.index(r["variant"])),
     )
     results.write_text(json.dumps(rows, indent=1) + "\n")
-    Path(args.out).write_text(report(rows, args))
+    write_report(report(rows, args), Path(args.out))
     print(f"wrote {args.out} and {results}")
+
+
+def write_report(text: str, path: Path) -> None:
+    """Write the table; the file's later ``## `` sections (other benchmarks' tables) are kept."""
+    old = path.read_text() if path.is_file() else ""
+    later = old.partition("\n## ")
+    path.write_text(text + ("\n## " + later[2] if later[1] else ""))
 
 
 if __name__ == "__main__":

@@ -149,3 +149,47 @@ def test_switches_give_the_same_loss(bundle, kind, samples_dir, monkeypatch, tmp
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-6)
     set_determinism(seed=None)
+
+
+def _benchmark(name: str):
+    """A benchmark script as a module (importing one has no side effects beyond its own imports)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_tables_share_docs_benchmarks_md(tmp_path):
+    """``training_steps.py`` and ``official_side_by_side.py`` both write ``docs/benchmarks.md``: each replaces only its
+    own part. Catches one benchmark erasing the other's table, or a re-run appending a second copy of its section."""
+    side_by_side, steps = _benchmark("official_side_by_side"), _benchmark("training_steps")
+    path = tmp_path / "benchmarks.md"
+    steps.write_report("# Training speed\n\nold steps\n", path)
+    side_by_side.write_section(f"{side_by_side.SECTION}\n\nfirst run\n", path)
+    side_by_side.write_section(f"{side_by_side.SECTION}\n\nsecond run\n", path)
+    steps.write_report("# Training speed\n\nnew steps\n", path)
+    text = path.read_text()
+    assert text.startswith("# Training speed\n\nnew steps\n") and "old steps" not in text
+    assert text.count(side_by_side.SECTION) == 1 and "second run" in text and "first run" not in text
+    # a partial run (e.g. without the MAE checkout) replaces its rows (same what and ours) and keeps the others
+    header = "| what | ours | ratio |\n|---|---|---|\n"
+    side_by_side.write_section(f"{side_by_side.SECTION}\n\n{header}| pairs | a | 0.1 |\n| mae | b | 0.9 |\n", path)
+    side_by_side.write_section(f"{side_by_side.SECTION}\n\n{header}| pairs | a | 0.05 |\n", path)
+    text = path.read_text()
+    assert "| mae | b | 0.9 |" in text and "| pairs | a | 0.05 |" in text and "| pairs | a | 0.1 |" not in text
+    assert text.count("| what | ours | ratio |") == 1
+
+
+def test_side_by_side_table_flags_missed_goals_with_the_reason():
+    """A ratio above its goal is marked missed and explained; one within it is marked met. Catches a table that
+    reports every row as met, or drops the reason the issue asks for."""
+    side_by_side = _benchmark("official_side_by_side")
+    row = {"what": "step", "ours_name": "a", "official_name": "b", "unit": "s", "scale": 1.0, "note": "n"}
+    row |= {"ours": 1.2, "ours_range": (1.1, 1.3), "official": 1.0, "official_range": (1.0, 1.0)}
+    missed = {**row, "ratio": 1.2, "ratio_range": (1.1, 1.3), "goal": 1.05, "why": "the reason"}
+    met = {**row, "ratio": 0.6, "ratio_range": (0.5, 0.7), "goal": 0.8, "why": "unused"}
+    lines = side_by_side.table([missed, met]).splitlines()[2:]
+    assert "missed" in lines[0] and "the reason" in lines[0]
+    assert ": met" in lines[1] and "unused" not in lines[1]
