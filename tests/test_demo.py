@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 from torch.utils.tensorboard import SummaryWriter
 
 from medssl import demo
-from medssl.demo import ROOT, _summarise, evaluate_check, format_table, section_checks, validate_check
+from medssl.demo import ROOT, _summarise, evaluate_check, format_table, metric_checks, section_checks, validate_check
 
 PLANS = sorted((ROOT / "demos").glob("*.json"))
 STEPS = ("pretext", "finetune", "inference")
@@ -202,3 +202,17 @@ def test_demo_table_and_exit_code(tmp_path, monkeypatch, capsys, mse, checks, co
         assert "demo failed for medmae" in err and "FAIL" in out
     else:
         assert "val_mse 0.03 <= 0.8 x 0.06 (mean) PASS" in out and not err
+
+
+def test_metric_checks_judge_one_epoch_of_metrics_like_the_demo():
+    """In-process learning tests judge an engine's last metrics with the plan's checks: the better baseline of a
+    ``<`` check is the lower one, a fixed value is a threshold, and a metric that was not logged fails. Catches a
+    check that compares with the wrong baseline or passes on a missing metric."""
+    checks = [MSE, {"tag": "val_entropy", "op": "<", "value": 0.9}]
+    metrics = {"val_mse": 0.04, "val_mse_baseline_identity": 0.14, "val_mse_baseline_mean": 0.051, "val_entropy": 0.8}
+    assert [c.passed for c in metric_checks(checks, metrics)] == [True, True]
+    assert [c.passed for c in metric_checks(checks, {**metrics, "val_mse": 0.041})] == [False, True]
+    assert [c.passed for c in metric_checks(checks, {k: v for k, v in metrics.items() if k != "val_entropy"})] == [
+        True,
+        False,
+    ]

@@ -125,6 +125,11 @@ def evaluate_check(check: Mapping, series: Mapping[str, Mapping[int, float]]) ->
     return CheckResult(f"{tag} {value:.4g} {op} {shown}", OPS[op](value, reference))
 
 
+def metric_checks(checks: Sequence[Mapping], metrics: Mapping[str, float]) -> list[CheckResult]:
+    """Evaluate checks on one epoch's metrics (e.g. an engine's ``state.metrics`` after an in-process run)."""
+    return [evaluate_check(c, {t: {0: float(metrics[t])} for t in check_tags(c) if t in metrics}) for c in checks]
+
+
 def check_series(bundle_root: Path, pretext: Mapping, check: Mapping) -> dict[str, dict[int, float]]:
     """``{tag: {step: value}}`` of the tags a check reads, from the TensorBoard logs of a run in ``bundle_root``."""
     log_dir = bundle_root / check.get("log_dir", pretext["log_dir"])

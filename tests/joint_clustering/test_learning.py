@@ -22,6 +22,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from medssl.demo import metric_checks
 from medssl.runner import fill_placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,16 +74,7 @@ def pretrain_stage1(samples_dir: Path, tmp_path: Path, broken: bool) -> dict[str
 
 def passes(metrics: dict[str, float]) -> bool:
     """The demo plan's checks on the last validation epoch."""
-    ops = {"<": float.__lt__, "<=": float.__le__, ">=": float.__ge__, ">": float.__gt__}
-    for check in PLAN["checks"]:
-        if "vs" in check:
-            baselines = [metrics[t] for t in check["vs"]]
-            bound = check["factor"] * (min(baselines) if check["op"].startswith("<") else max(baselines))
-        else:
-            bound = float(check["value"])
-        if not ops[check["op"]](metrics[check["tag"]], bound):
-            return False
-    return True
+    return all(c.passed for c in metric_checks(PLAN["checks"], metrics))
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from medssl.demo import metric_checks
 from medssl.runner import fill_placeholders
 from scripts.networks import MaskedPatchLoss, _masked_patch_mse
 
@@ -66,12 +67,7 @@ _LOSS_ARGS = ("patch_size", "spatial_dims", "norm_pix_loss", "eps")
 
 def passes(metrics: dict[str, float]) -> bool:
     """The demo plan's checks on the last validation epoch."""
-    for check in PLAN["pretext"]["checks"]:
-        value = metrics[check["tag"]]
-        bound = check["factor"] * min(metrics[t] for t in check["vs"]) if "vs" in check else check["value"]
-        if not {"<=": value <= bound, "<": value < bound}[check["op"]]:
-            return False
-    return True
+    return all(c.passed for c in metric_checks(PLAN["pretext"]["checks"], metrics))
 
 
 @pytest.mark.slow
