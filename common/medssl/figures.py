@@ -39,7 +39,31 @@ __all__ = [
     "foreground_slice",
     "orientation_text",
     "overlay_rgb",
+    "save_epoch_figure",
+    "tensorboard_writer",
 ]
+
+
+def tensorboard_writer(log_dir: str) -> Any:
+    """A TensorBoard ``SummaryWriter`` (imported when a figure handler first needs one)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=log_dir)
+
+
+def save_epoch_figure(fig: Any, output_dir: str, prefix: str, epoch: int, writer: Any = None, **savefig: Any) -> str:
+    """Write ``fig`` to ``{output_dir}/{prefix}_epoch{epoch:04d}.png`` (atomically: a reader never sees half a PNG)
+    and, given a TensorBoard ``writer``, as the figure ``prefix`` at step ``epoch``; close it; return the path."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"{prefix}_epoch{epoch:04d}.png")
+    fig.savefig(path + ".tmp.png", dpi=80, **savefig)
+    os.replace(path + ".tmp.png", path)
+    if writer is not None:
+        writer.add_figure(prefix, fig, global_step=epoch)
+        writer.flush()
+    plt.close(fig)
+    return path
+
 
 # colour of class 1, 2, ... (index 0, background, is not coloured); Sasha Trubetzkoy's distinct colours
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
@@ -306,19 +330,13 @@ class SegmentationOverlaySaver:
         if not self.rows:
             return
         epoch = engine.state.epoch  # a validator run by MONAI's ValidationHandler has the trainer's epoch
-        fig = self.figure(epoch)
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, f"{self.prefix}_epoch{epoch:04d}.png")
-        fig.savefig(path + ".tmp.png", dpi=80, bbox_inches="tight")
-        os.replace(path + ".tmp.png", path)
-        if self.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = self._writer or SummaryWriter(log_dir=self.output_dir)
-            self._writer.add_figure(self.prefix, fig, global_step=epoch)
-            self._writer.flush()
-        plt.close(fig)
-        self.saved.append(path)
+        if self.tensorboard and self._writer is None:
+            self._writer = tensorboard_writer(self.output_dir)
+        self.saved.append(
+            save_epoch_figure(
+                self.figure(epoch), self.output_dir, self.prefix, epoch, self._writer, bbox_inches="tight"
+            )
+        )
 
 
 class NamedTensorBoardImageHandler(TensorBoardImageHandler):

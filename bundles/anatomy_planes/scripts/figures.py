@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
+from medssl.figures import save_epoch_figure, tensorboard_writer  # noqa: E402
 from scripts.pretext import batch_outputs  # noqa: E402
 
 __all__ = ["LineOverlaySaver", "geometry_figure", "line_overlay_figure", "metrics_title"]
@@ -150,18 +151,9 @@ class LineOverlaySaver:
             pixdim=self.pixdim,
             suptitle=f"epoch {epoch}: {metrics_title(engine.state.metrics)}",
         )
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, f"{self.prefix}_epoch{epoch:04d}.png")
-        fig.savefig(path + ".tmp.png", dpi=80)
-        os.replace(path + ".tmp.png", path)
-        if self.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = self._writer or SummaryWriter(log_dir=self.output_dir)
-            self._writer.add_figure(self.prefix, fig, global_step=epoch)
-            self._writer.flush()
-        plt.close(fig)
-        self.saved.append(path)
+        if self.tensorboard and self._writer is None:
+            self._writer = tensorboard_writer(self.output_dir)
+        self.saved.append(save_epoch_figure(fig, self.output_dir, self.prefix, epoch, self._writer))
 
 
 def geometry_figure(samples_dir: str | os.PathLike, out: str | os.PathLike, sigma: float = 6.0) -> Path:
