@@ -7,7 +7,10 @@ along ``--axis`` (2: axial) whose label has at least ``--min-foreground`` of its
 
 * ``images/<case>_<axis><index>.png``: the slice windowed to 0..255 between the ``--percentiles`` of its volume;
 * ``labels/<case>_<axis><index>.png``: the label slice as class indices (0 background, 1, 2, ...);
-* ``datalist.json``: the same sections, paths relative to ``--out``, each item's ``modality`` kept.
+* ``datalist.json``: the same sections, paths relative to ``--out``, each item's ``modality`` kept; with
+  ``--boxes`` (for ``configs/train_detection.json``) also ``box``: the bounding boxes ``[x0, y0, x1, y1]`` (end
+  exclusive, in the (x, y) order MONAI loads the PNG) of the connected components of every class, and
+  ``box_label``: each box's class minus 1 (0-based foreground classes, as MONAI's RetinaNet expects).
 
 A PNG holds rows x columns; the slice is written transposed (rows = second volume axis), so MONAI's ``PILReader``
 (which returns PNGs as columns x rows) gives back the slice in the volume's axis order. Image and label get the
@@ -24,10 +27,11 @@ from pathlib import Path
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 from PIL import Image
+from scipy import ndimage
 
 from medssl.data import load_datalist
 
-__all__ = ["select_slices", "to_uint8", "prepare"]
+__all__ = ["select_slices", "to_uint8", "component_boxes", "prepare"]
 
 
 def select_slices(label: np.ndarray, count: int, min_foreground: float) -> list[int]:
@@ -47,6 +51,19 @@ def to_uint8(volume: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> 
     return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
 
 
+def component_boxes(label: np.ndarray) -> tuple[list[list[int]], list[int]]:
+    """Bounding boxes ``[x0, y0, x1, y1]`` (end exclusive, axes in ``label``'s order) of the connected components
+    (4-connectivity) of every class of a 2D label of class indices, by class then component; and their classes
+    minus 1."""
+    boxes, classes = [], []
+    for value in np.unique(label[label > 0]):
+        components, _ = ndimage.label(label == value)
+        for x, y in ndimage.find_objects(components):
+            boxes.append([x.start, y.start, x.stop, y.stop])
+            classes.append(int(value) - 1)
+    return boxes, classes
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(array.T)).save(path)
@@ -60,6 +77,7 @@ def prepare(
     min_foreground: float = 0.0,
     percentiles: Sequence[float] = (0.5, 99.5),
     sections: Sequence[str] = ("training", "validation"),
+    boxes: bool = False,
 ) -> dict[str, list[dict]]:
     """Write the PNG pairs and ``datalist.json`` under ``out`` (see the module docstring); return the datalist.
 
@@ -93,6 +111,8 @@ def prepare(
                 entry = {"image": f"images/{name}", "label": f"labels/{name}"}
                 if "modality" in item:
                     entry["modality"] = item["modality"]
+                if boxes:
+                    entry["box"], entry["box_label"] = component_boxes(label8[..., index])
                 result[section].append(entry)
         if not result[section]:
             raise ValueError(f"{datalist}: section {section!r} gave no slice (lower --min-foreground?)")
@@ -109,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-foreground", type=float, default=0.0, help="least labelled fraction of a slice")
     parser.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5), help="intensity window")
     parser.add_argument("--sections", nargs="+", default=["training", "validation"], help="datalist sections")
+    parser.add_argument("--boxes", action="store_true", help="add component boxes per class (2D detection)")
     args = parser.parse_args(argv)
     result = prepare(
         args.datalist,
@@ -118,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.min_foreground,
         args.percentiles,
         args.sections,
+        args.boxes,
     )
     print(", ".join(f"{section}: {len(items)} pairs" for section, items in result.items()))
 
