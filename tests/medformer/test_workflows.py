@@ -103,7 +103,7 @@ def test_pretrained_weights_are_the_last_epochs_whatever_the_validation_loss(tmp
         }
     )
     calls = itertools.count()
-    parser["validate#key_metric#val_loss#loss_fn"] = lambda pred, target: torch.tensor(float(next(calls)))
+    parser["validate#key_metric#val_loss#loss"] = lambda pred, target: torch.tensor(float(next(calls)))
     parser.get_parsed_content("initialize")
     network = parser.get_parsed_content("network")
     weights = []
