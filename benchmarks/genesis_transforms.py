@@ -71,7 +71,7 @@ def load_cube(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         volume = (volume - volume.min()) / max(float(volume.max() - volume.min()), 1e-6)
         start = (np.array(volume.shape) - size) // 2
         cube = volume[tuple(slice(s, s + n) for s, n in zip(start, size))]
-        return np.ascontiguousarray(cube[None]), f"centre cube of {path}, scaled to [0, 1]"
+        return np.ascontiguousarray(cube[None]), f"centre cube of {path.name}, scaled to [0, 1]"
     return np.random.default_rng(args.seed).random((1, *args.size), dtype=np.float32), "uniform noise (no volume found)"
 
 
