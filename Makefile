@@ -7,6 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 SAMPLES ?= data/samples
 BUNDLE ?=
 PYTEST_ARGS ?=
+# make test spreads the tests over the cores, one torch thread each (two threads per worker would oversubscribe)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 APT_DATA := mricron-data invesalius-examples
 STAMP := $(VENV)/.installed
 
@@ -51,7 +53,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: data lint monailabel-env
-	MEDSSL_SAMPLES=$(abspath $(SAMPLES)) $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MEDSSL_SAMPLES=$(abspath $(SAMPLES)) $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
