@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -96,8 +97,34 @@ def merge_rows(kept: Sequence[Mapping], fresh: Sequence[Mapping]) -> list[dict]:
     )
 
 
+class LoadSampler:
+    """The 1-minute load average sampled every ``interval`` seconds while the ``with`` block runs; ``mean()``."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def mean(self) -> float:
+        return mean(self.samples)
+
+
 def minutes(row: Mapping) -> str:
-    """Wall-clock minutes, with the machine's load average when the run started (if recorded)."""
+    """Wall-clock minutes, with the machine's mean load average over the run (if recorded)."""
     load = f" (load {row['load']:.1f})" if "load" in row else ""
     return f"{row['minutes']:.1f}{load}"
 
@@ -147,8 +174,9 @@ def report(rows: Sequence[Mapping], bundles: Sequence[str]) -> str:
         "  that is reported), mean ± sd over the seeds.",
         "* **pre-training at this scale**: *helps* when the pre-trained mean is above the scratch mean by more than",
         "  the larger of the two sds, *does not help* when below by more, otherwise *no clear difference*.",
-        "* **min**: wall-clock minutes of the bundle's runs, with the 1-minute load average when they started (above",
-        "  the CPU count, other work shared the machine and the minutes are longer than on an idle one).",
+        "* **min**: wall-clock minutes of the bundle's runs, with the mean of the 1-minute load average sampled every",
+        "  10 s during them (above 1 per core, other work shared the machine and the minutes are longer than on an",
+        "  idle one).",
         "",
         "The sample data are a handful of real volumes and slices and each run lasts minutes: the table shows whether",
         "each method learns at all, not the papers' results.",
@@ -224,11 +252,20 @@ def plot_pretext(bundle: str, pretext: Mapping, bundle_root: Path, path: Path) -
 def run_bundle(name: str, samples: Path, work: Path, seeds: int, figure: Path) -> dict:
     """Pre-train once, fine-tune from scratch and pre-trained once per seed; return the bundle's row."""
     plan = load_plan(name)
-    pretext, finetune = plan["pretext"], plan["finetune"]
     start = time.time()
-    row = {"bundle": name, "metric": finetune["metric_tag"], "date": date.today().isoformat(), "machine": machine()}
-    row["load"] = os.getloadavg()[0]  # a shared machine runs slower: the minutes are read with it
-    row.update(checks=[], scratch=[], pretrained=[], seeds=seeds)
+    row = {"bundle": name, "metric": plan["finetune"]["metric_tag"], "date": date.today().isoformat()}
+    row.update(machine=machine(), checks=[], scratch=[], pretrained=[], seeds=seeds)
+    with LoadSampler() as load:  # a shared machine runs slower: the minutes are read with the load
+        _run_bundle(name, plan, samples, work, seeds, figure, row)
+    row["load"] = load.mean()
+    row["minutes"] = (time.time() - start) / 60
+    print(f"[{name}] {row['minutes']:.1f} min (mean load {row['load']:.1f})", flush=True)
+    return row
+
+
+def _run_bundle(name: str, plan: Mapping, samples: Path, work: Path, seeds: int, figure: Path, row: dict) -> None:
+    """The runs of :func:`run_bundle`, filling ``row``; a failed run is recorded as ``row['error']``."""
+    pretext, finetune = plan["pretext"], plan["finetune"]
     try:
         unseeded = configs_without_seed(name, finetune)
         if unseeded:
@@ -251,9 +288,6 @@ def run_bundle(name: str, samples: Path, work: Path, seeds: int, figure: Path) -
     except BundleRunError as err:
         print(err, file=sys.stderr)
         row["error"] = str(err).splitlines()[0][:160]
-    row["minutes"] = (time.time() - start) / 60
-    print(f"[{name}] {row['minutes']:.1f} min", flush=True)
-    return row
 
 
 def main(argv: list[str] | None = None) -> int:

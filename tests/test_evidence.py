@@ -4,6 +4,7 @@ and the checks it shares with ``make demo``."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 
 import pytest
@@ -124,3 +125,14 @@ def test_main_writes_report_and_rows_and_fails_without_evidence(tmp_path, monkey
     monkeypatch.setattr(evidence, "run_bundle", lambda *a: pytest.fail("--report-only runs nothing"))
     assert evidence.main(["--report-only", "--out", str(out)]) == 0
     assert "| medmae | val_mse never logged FAIL |" in out.read_text()
+
+
+def test_the_load_is_averaged_over_the_run(monkeypatch):
+    """Guards against recording the load at the start only: a run that other work joins later reads as idle."""
+    loads = itertools.chain([0.5], itertools.repeat(3.5))
+    monkeypatch.setattr(evidence.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    with evidence.LoadSampler(interval=0.01) as load:
+        while len(load.samples) < 3:
+            evidence.time.sleep(0.01)
+    assert load.samples[0] == 0.5 and set(load.samples[1:]) == {3.5}
+    assert load.mean() == pytest.approx((0.5 + 3.5 * (len(load.samples) - 1)) / len(load.samples))
