@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+from statistics import mean
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
@@ -136,3 +137,12 @@ def test_the_load_is_averaged_over_the_run(monkeypatch):
             evidence.time.sleep(0.01)
     assert load.samples[0] == 0.5 and set(load.samples[1:]) == {3.5}
     assert load.mean() == pytest.approx((0.5 + 3.5 * (len(load.samples) - 1)) / len(load.samples))
+
+
+@pytest.mark.parametrize("row", json.loads((ROOT / "docs" / "evidence.json").read_text()), ids=lambda r: r["bundle"])
+def test_metadata_eval_metrics_are_the_measured_evidence(row):
+    """Guards against eval_metrics that drift from docs/evidence.json when the evidence is measured again."""
+    metrics = json.loads((ROOT / "bundles" / row["bundle"] / "configs" / "metadata.json").read_text())["eval_metrics"]
+    for arm in ("scratch", "pretrained"):
+        key = f"sample_{row['metric']}_{arm}"
+        assert metrics.get(key) == pytest.approx(mean(row[arm]), abs=5e-4), f"{row['bundle']} metadata {key}"
