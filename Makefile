@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo [BUNDLE='a b'] set up, build the sample data, run every bundle's demo"
 	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
-	@echo "make bench [GENESIS_OFFICIAL=..] [MAE_OFFICIAL=..]  speed benchmarks (benchmarks/), side by side with the authors' code"
+	@echo "make bench [GENESIS_OFFICIAL=..] [MAE_OFFICIAL=..] [SWAV_OFFICIAL=..] [DETR_OFFICIAL=..]  speed benchmarks (benchmarks/), side by side with the authors' code"
 	@echo "make evidence [BUNDLE='a b'] [SEEDS=3]  does each pre-training learn and help? (docs/evidence.md)"
 	@echo "make dist [BUNDLE=..] [DIST_URL=..]  self-contained bundle zips + model_info.json in dist/"
 	@echo "make lock [BUNDLE=..]     record bundle versions and content hashes (bundles/versions.lock.json)"
@@ -60,18 +60,26 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 # The side-by-side against the authors' code needs their checkouts, outside this repository: GENESIS_OFFICIAL is
-# ModelsGenesis' pytorch folder, MAE_OFFICIAL a facebookresearch/mae checkout (timm 0.4.5 on PYTHONPATH, see the script).
+# ModelsGenesis' pytorch folder, MAE_OFFICIAL a facebookresearch/mae checkout (timm 0.4.5 on PYTHONPATH, see the script),
+# SWAV_OFFICIAL a facebookresearch/swav checkout, DETR_OFFICIAL a fundamentalvision/Deformable-DETR checkout.
 GENESIS_OFFICIAL ?=
 MAE_OFFICIAL ?=
+SWAV_OFFICIAL ?=
+DETR_OFFICIAL ?=
 bench: data
 	$(PY) benchmarks/genesis_transforms.py --samples $(SAMPLES) $(if $(GENESIS_OFFICIAL),--official-path $(GENESIS_OFFICIAL),)
 	$(PY) benchmarks/training_steps.py --samples $(SAMPLES)
+	$(PY) benchmarks/pipeline_throughput.py --samples $(SAMPLES)
+	$(PY) benchmarks/inference_speed.py --samples $(SAMPLES)
 	@if [ -z "$(GENESIS_OFFICIAL)" ]; then \
-	  echo "make bench: the side-by-side with the authors' code was NOT run: set GENESIS_OFFICIAL=<ModelsGenesis checkout>/pytorch (and MAE_OFFICIAL=<mae checkout> for the MAE rows)"; \
+	  echo "make bench: the side-by-side with the authors' code was NOT run: set GENESIS_OFFICIAL=<ModelsGenesis checkout>/pytorch (and MAE_OFFICIAL=<mae checkout>, SWAV_OFFICIAL=<swav checkout>, DETR_OFFICIAL=<Deformable-DETR checkout> for the MAE, Sinkhorn and deformable-sampling rows)"; \
 	else \
-	  if [ -z "$(MAE_OFFICIAL)" ]; then echo "make bench: MAE_OFFICIAL unset, the MAE rows are skipped"; fi; \
+	  if [ -z "$(MAE_OFFICIAL)" ]; then echo "make bench: MAE_OFFICIAL unset, the MAE rows are SKIPPED"; fi; \
+	  if [ -z "$(SWAV_OFFICIAL)" ]; then echo "make bench: SWAV_OFFICIAL unset, the Sinkhorn row is SKIPPED"; fi; \
+	  if [ -z "$(DETR_OFFICIAL)" ]; then echo "make bench: DETR_OFFICIAL unset, the deformable-sampling row is SKIPPED"; fi; \
 	  $(PY) benchmarks/official_side_by_side.py --samples $(SAMPLES) --genesis-official $(GENESIS_OFFICIAL) \
-	    $(if $(MAE_OFFICIAL),--mae-official $(MAE_OFFICIAL),); \
+	    $(if $(MAE_OFFICIAL),--mae-official $(MAE_OFFICIAL),) $(if $(SWAV_OFFICIAL),--swav-official $(SWAV_OFFICIAL),) \
+	    $(if $(DETR_OFFICIAL),--detr-official $(DETR_OFFICIAL),); \
 	fi
 
 .PHONY: evidence

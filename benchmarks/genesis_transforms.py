@@ -1,7 +1,8 @@
 """Throughput of the Models Genesis corruption: (input, target) pairs per second, in one process on one thread.
 
-Ours is the dictionary-transform chain of ``bundles/models_genesis/configs/pretrain.json`` (flip -> copy to target
--> local shuffle -> Bézier curve -> in-/out-painting) on torch tensors, as the config feeds it, and on numpy arrays.
+Ours is the ``corruption`` of ``bundles/models_genesis/configs/pretrain.json``, built from the config itself
+(``GenesisPaird``: flip -> copy to target -> local shuffle -> Bézier curve -> in-/out-painting), on torch tensors,
+as the config feeds it, and on numpy arrays.
 The official numpy implementation (``generate_pair`` in ModelsGenesis ``pytorch/utils.py``) is not part of this
 repository; pass its folder with ``--official-path`` to time it on the same cube, otherwise the reference rate measured
 on the development machine is printed instead. The two are timed one after the other here: for a ratio that holds on a
@@ -28,22 +29,18 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Compose, CopyItemsd, Identityd, OneOf
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bundles" / "models_genesis"))
 
 from scripts.transforms import (
     RandBezierIntensity,
-    RandBezierIntensityd,
     RandInPainting,
-    RandInPaintingd,
     RandLocalPixelShuffle,
-    RandLocalPixelShuffled,
     RandOutPainting,
-    RandOutPaintingd,
     RandRepeatedFlip,
-    RandRepeatedFlipd,
 )
 
 CH2 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -75,19 +72,14 @@ def load_cube(args: argparse.Namespace) -> tuple[np.ndarray, str]:
     return np.random.default_rng(args.seed).random((1, *args.size), dtype=np.float32), "uniform noise (no volume found)"
 
 
+PRETRAIN_CONFIG = ROOT / "bundles" / "models_genesis" / "configs" / "pretrain.json"
+
+
 def config_chain(seed: int) -> Compose:
-    painting = OneOf(
-        [Identityd("image"), RandInPaintingd("image", prob=1.0), RandOutPaintingd("image", prob=1.0)],
-        weights=[0.1, 0.18, 0.72],
-    )
-    chain = [
-        RandRepeatedFlipd("image"),
-        CopyItemsd("image", names="target"),
-        RandLocalPixelShuffled("image"),
-        RandBezierIntensityd("image"),
-        painting,
-    ]
-    return Compose(chain).set_random_state(seed)
+    """``pretrain.json``'s ``corruption`` (its default keys), composed and seeded: what pre-training applies."""
+    parser = ConfigParser()
+    parser.read_config(PRETRAIN_CONFIG)
+    return Compose(parser.get_parsed_content("corruption")).set_random_state(seed)
 
 
 def rate(make_pair, n: int, warmup: int = 5) -> float:
@@ -103,9 +95,9 @@ def time_ours(cube: np.ndarray, args: argparse.Namespace) -> float:
     chain = config_chain(args.seed)
     tensor = torch.as_tensor(cube)
     ours = rate(lambda: chain({"image": tensor}), args.n)
-    print(f"ours, config chain on torch tensors: {ours:7.1f} pairs/s ({1e3 / ours:.2f} ms/pair, {args.n} pairs)")
+    print(f"ours, config corruption, torch tensors: {ours:7.1f} pairs/s ({1e3 / ours:.2f} ms/pair, {args.n} pairs)")
     numpy_rate = rate(lambda: chain({"image": cube}), args.n)
-    print(f"ours, config chain on numpy arrays:  {numpy_rate:7.1f} pairs/s")
+    print(f"ours, config corruption, numpy arrays: {numpy_rate:7.1f} pairs/s")
     stages = {
         "local shuffle": RandLocalPixelShuffle(1.0),
         "Bézier curve": RandBezierIntensity(1.0),
@@ -135,7 +127,7 @@ def time_official(cube: np.ndarray, args: argparse.Namespace) -> float:
     batch = cube[None].astype(np.float64)  # (1, 1, *size): the official cubes are float64
     pairs = official.generate_pair(batch, 1, OFFICIAL_CONFIG)
     result = rate(lambda: next(pairs), args.n_official, warmup=2)
-    print(f"official generate_pair:              {result:7.1f} pairs/s ({args.n_official} pairs)")
+    print(f"official generate_pair:                {result:7.1f} pairs/s ({args.n_official} pairs)")
     return result
 
 

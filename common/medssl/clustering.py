@@ -103,7 +103,7 @@ def sinkhorn_knopp(
     reduce = _distributed(distributed)
     for _ in range(iterations):
         # per prototype, over the global batch: log Σ_b exp(log_q[b, k]) with a max shift
-        shift = log_q.max(dim=0).values
+        shift = log_q.amax(dim=0)
         if reduce:
             dist.all_reduce(shift, op=dist.ReduceOp.MAX)
         total = (log_q - shift).exp().sum(dim=0)

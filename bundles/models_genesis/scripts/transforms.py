@@ -6,12 +6,13 @@ differ. Every transform accepts channel-first numpy arrays, torch tensors or Met
 (2D or 3D, values in [0, 1]), computes in numpy and returns the input's type. All channels share the same geometry.
 Integer and half-precision inputs are computed and returned as float32.
 
-The official pre-training chain, as the configs build it::
+The official pre-training chain as dictionary transforms::
 
     RandRepeatedFlipd -> CopyItemsd(names="target") -> RandLocalPixelShuffled -> RandBezierIntensityd
     -> OneOf([Identityd, RandInPaintingd(prob=1), RandOutPaintingd(prob=1)], weights=[0.1, 0.18, 0.72])
 
-:class:`GenesisPaird` is the same chain as a single transform.
+:class:`GenesisPaird` is the same chain as a single transform (same output distribution, another random stream);
+the pre-training configs use it (one image conversion and no per-stage dispatch: ~10 % faster per pair).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from copy import deepcopy
 from typing import Any
 
 import numpy as np
@@ -447,6 +447,18 @@ def _shuffle_windows(spatial, max_sizes, volumes, offsets, seed, source, sizes, 
             source[first + row[a]] = shuffled[a]
 
 
+def _uniform_fill(out, seed):  # pragma: no cover - compiled by numba
+    """Fill the flat float32 ``out`` with U[0, 1) noise on the 24-bit grid of numpy's float32 ``random``, two values
+    per splitmix64 output of the stream seeded by ``seed`` (uint64); about twice as fast as numpy's generator."""
+    scale = np.float32(1.0 / 16777216.0)
+    state = seed
+    for i in range(0, out.size, 2):
+        state, z = _splitmix64(state)
+        out[i] = np.float32(z >> np.uint64(40)) * scale
+        if i + 1 < out.size:
+            out[i + 1] = np.float32((z >> np.uint64(8)) & np.uint64(0xFFFFFF)) * scale
+
+
 def _bezier_lookup(img, lut, slope, bounds, out):  # pragma: no cover - compiled by numba
     """:meth:`RandBezierIntensity._lookup` in one pass over flat arrays, with the same float operations.
 
@@ -464,6 +476,7 @@ if HAS_NUMBA:
     _below = numba.njit(cache=True, inline="always")(_below)
     _shuffle_windows = numba.njit(cache=True, nogil=True)(_shuffle_windows)
     _bezier_lookup = numba.njit(cache=True, nogil=True)(_bezier_lookup)
+    _uniform_fill = numba.njit(cache=True, nogil=True)(_uniform_fill)
 
 
 @functools.lru_cache(maxsize=16)
@@ -614,6 +627,16 @@ class RandLocalPixelShuffled(_NumpyRandTransformd):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _uniform_noise(shape: tuple[int, ...], dtype: np.dtype, seed: np.ndarray) -> np.ndarray:
+    """U[0, 1) noise from the two-word ``seed``: for float32 the compiled :func:`_uniform_fill` (numba is optional),
+    otherwise numpy's generator. Same seed, same noise."""
+    if HAS_NUMBA and dtype == np.float32:
+        out = np.empty(shape, dtype)
+        _uniform_fill(out.reshape(-1), np.uint64((int(seed[0]) << 32) | int(seed[1])))
+        return out
+    return np.random.default_rng(seed).random(shape, dtype=dtype)
+
+
 class _RandBoxPainting(_NumpyRandTransform):
     """Random boxes: ``min_boxes`` always, then up to ``max_boxes`` in total, each further one with ``continue_prob``.
 
@@ -668,7 +691,7 @@ class _RandBoxPainting(_NumpyRandTransform):
         self._noise_seed = self.R.randint(MAX_SEED, size=2, dtype=np.uint32)
 
     def _noise_rng(self) -> np.random.Generator:
-        """Source of the U[0, 1) fill, restarted for every key the parameters are applied to (same noise)."""
+        """In-painting's noise source (out-painting: :func:`_uniform_noise`), restarted for every key (same noise)."""
         return np.random.default_rng(self._noise_seed)
 
 
@@ -744,7 +767,7 @@ class RandOutPainting(_RandBoxPainting):
         return dim - _floor_frac(1 - self.box_frac_range[0], dim), dim - _floor_frac(1 - self.box_frac_range[1], dim)
 
     def _apply(self, img: np.ndarray) -> np.ndarray:
-        out = self._noise_rng().random(img.shape, dtype=img.dtype)
+        out = _uniform_noise(img.shape, img.dtype, self._noise_seed)
         for box in self._boxes:
             region = (slice(None), *box)
             out[region] = img[region]
@@ -1009,6 +1032,6 @@ class GenesisPaird(Randomizable, MapTransform):
         self.randomize(d[first_key])
         for key, target_key in self.key_iterator(d, self.target_keys):
             image = self.flip(d[key], randomize=False)
-            d[target_key] = deepcopy(image)
+            d[target_key] = image.detach().clone() if isinstance(image, torch.Tensor) else image.copy()  # as CopyItemsd
             d[key] = self.corruption(image, randomize=False)
         return d

@@ -1,0 +1,298 @@
+"""Is pre-training input-bound? Data pipeline throughput against the training step, for every pre-training config.
+
+For each ``configs/pretrain*.json`` of each bundle (joint_clustering: its three stage configs; its ``pretrain.json``
+only runs them one after the other) the config is built as ``python -m monai.bundle run`` would build it, on the
+real sample data, at **demo size**: the overrides of ``demos/<bundle>.json``'s ``pretext`` section (for a stage,
+the shared ones and that stage's), except the demo's ``num_workers`` and dataset cache switches: the pipeline is
+measured with the config's own ``num_workers`` and cache defaults, which are what users get.
+
+- **pipeline**: samples/s drawn through the config's own ``train#dataloader`` (its workers, transforms and
+  collation; a new epoch's iterator, worker start-up included, whenever one ends), after ``--warmup-batches``.
+- **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on one fixed
+  prepared batch, so without data loading: median of ``--steps`` after ``--warmup`` steps.
+
+The goal is pipeline >= 3x step (``--goal``): then the step does not wait for data even when the workers share the
+cores with it. Each config runs in its own child process; the table goes to the "Data pipeline against the training
+step" section of ``docs/benchmarks.md`` (the file's other sections are kept):
+
+    python benchmarks/pipeline_throughput.py                                     # every bundle and config
+    python benchmarks/pipeline_throughput.py --bundles medmae --out -            # print only
+    python benchmarks/pipeline_throughput.py --bundles medmae --set cache_dataset=true --append   # with a switch
+    python benchmarks/pipeline_throughput.py --device cuda
+
+Rows are kept in ``docs/benchmarks_pipeline.json``: ``--append`` replaces only the rows measured again (same
+config and switches), ``--report-only`` rewrites the section from them. The step of a config whose trainer needs
+state made at the run's start (DeepCluster-v2's k-means labels) is timed after firing the trainer's STARTED and
+EPOCH_STARTED handlers once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Data pipeline against the training step"
+# demo overrides left out: the benchmark measures the config's own workers and cache defaults
+DEMO_ONLY = ("num_workers", "train#dataset#cache", "validate#dataset#cache")
+# demo overrides of the demo's config that another config of the bundle does not take
+NOT_FOR = {("models_genesis", "pretrain_2d.json"): ("network_def#base_filters",)}  # the 2D net has no such width
+QUIET = {"progress": False, "check_data": False}
+# configs that only run other configs (no data loader of their own)
+RUNNERS = {"joint_clustering": {"pretrain.json"}}
+# stage configs: the stage's demo overrides key, and the overrides its earlier stages' checkpoints need here
+STAGES = {"pretrain_stage1.json": "stage1_overrides", "pretrain_stage2.json": "stage2_overrides"}
+STAGES |= {"pretrain_stage3.json": "stage3_overrides"}
+
+
+def pretrain_configs(bundle: str) -> list[str]:
+    names = sorted(p.name for p in (ROOT / "bundles" / bundle / "configs").glob("pretrain*.json"))
+    return [n for n in names if n not in RUNNERS.get(bundle, set())]
+
+
+def demo_overrides(bundle: str, config: str) -> dict:
+    """The demo's pretext overrides for ``config`` (shared plus the stage's own, for a stage config). A size list
+    longer than the config's default (a 3D demo's ``roi_size`` for a 2D variant) keeps its first entries."""
+    overrides = json.loads((ROOT / "demos" / f"{bundle}.json").read_text())["pretext"]["overrides"]
+    dropped = DEMO_ONLY + NOT_FOR.get((bundle, config), ())
+    shared = {k: v for k, v in overrides.items() if not k.startswith("stage") and k not in dropped}
+    if config in STAGES:  # a stage on its own: no earlier stage's checkpoint to start from
+        shared = {**shared, **overrides.get(STAGES[config], {}), "pretrained_ckpt": None}
+    defaults = json.loads((ROOT / "bundles" / bundle / "configs" / config).read_text())
+    for key, value in shared.items():
+        default = defaults.get(key)
+        if isinstance(value, list) and isinstance(default, list) and 0 < len(default) < len(value):
+            shared[key] = value[: len(default)]
+    return shared
+
+
+def batch_size(batch) -> int:
+    """Samples in a collated batch: the first dimension of its first tensor."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (dict, list, tuple)):
+        for item in batch.values() if isinstance(batch, dict) else batch:
+            try:
+                return batch_size(item)
+            except TypeError:
+                continue
+    raise TypeError("the batch holds no tensor")
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(spec: dict, args) -> dict:
+    """Build the config in this process; time its data loader, then its trainer's iteration on a fixed batch."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    from medssl.runner import copy_bundle, fill_placeholders
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = copy_bundle(ROOT / "bundles" / spec["bundle"], tmp)
+        os.chdir(copy)
+        sys.path.insert(0, str(copy))
+        parser = ConfigParser()
+        parser.read_config(str(copy / "configs" / spec["config"]))
+        overrides = fill_placeholders(spec["overrides"], samples=spec["samples"], bundle_root=copy)
+        parser.update({**overrides, "bundle_root": str(copy), "device": f"$torch.device('{args.device}')"})
+        set_determinism(seed=0)
+        for section in ("initialize", "run"):  # everything the workflow does except starting the engines
+            for i, expression in enumerate(parser.get(section, [])):
+                if ".run()" not in expression:
+                    parser.get_parsed_content(f"{section}#{i}")
+        trainer = parser.get_parsed_content("train#trainer")
+        loader = trainer.data_loader
+        iterator, samples, batches = iter(loader), 0, 0
+        start = None
+        while batches < args.warmup_batches + args.batches:
+            if batches == args.warmup_batches:
+                start = time.perf_counter()
+            elif batches > args.warmup_batches + 2 and time.perf_counter() - start > args.max_seconds:
+                break
+            try:
+                batch = next(iterator)
+            except StopIteration:  # a new epoch: its iterator (and worker start-up) is part of the pipeline's cost
+                iterator = iter(loader)
+                continue
+            if batches >= args.warmup_batches:
+                samples += batch_size(batch)
+            batches += 1
+        pipeline = samples / (time.perf_counter() - start)
+        del iterator  # stop the workers before timing the step
+        try:
+            trainer._iteration(trainer, batch)
+        except RuntimeError:  # state made by handlers at the run's or epoch's start (DeepCluster-v2's k-means labels)
+            trainer.state.epoch, trainer.state.iteration, trainer.state.dataloader = 1, 0, loader
+            trainer._fire_event(Events.STARTED)
+            trainer._fire_event(Events.EPOCH_STARTED)
+        times = []
+        for i in range(args.warmup + args.steps):
+            begin = time.perf_counter()
+            trainer._iteration(trainer, batch)
+            sync(args.device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - begin)
+        step = sorted(times)[len(times) // 2]
+    return {
+        "batch": batch_size(batch),
+        "num_workers": loader.num_workers,
+        "pipeline": pipeline,
+        "step": batch_size(batch) / step,
+        "load": os.getloadavg()[0],
+    }
+
+
+def run_child(spec: dict, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--device", args.device]
+    cmd += ["--batches", str(args.batches), "--warmup-batches", str(args.warmup_batches)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--max-seconds", str(args.max_seconds)]
+    load = os.getloadavg()[0]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if "Error" in line and not line.startswith(" ")]
+        return {"error": errors[-1] if errors else f"exit {done.returncode}", "load": load}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_before": load}
+
+
+def table(rows: list[dict], goal: float) -> str:
+    rows = sorted(rows, key=lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True) != "{}"))
+    lines = [
+        "| bundle | config | switches | batch | workers | pipeline (samples/s) | step (samples/s) | ratio | goal"
+        f" >= {goal:g}x | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        switches = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in r["switches"].items()) or "defaults"
+        head = f"| {r['bundle']} | `{r['config']}` | {switches} |"
+        if "error" in r:
+            lines.append(f"{head} | | failed: {r['error'][:100]} | | | | {r['load']:.1f} |")
+            continue
+        ratio = r["pipeline"] / r["step"]
+        verdict = "met" if ratio >= goal else "**missed**"
+        lines.append(
+            f"{head} {r['batch']} | {r['num_workers']} | {r['pipeline']:.1f} | {r['step']:.1f} | {ratio:.1f}x |"
+            f" {verdict} | {r['load_before']:.1f} / {r['load']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def section(rows: list[dict], args) -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            "Made by `make bench` (`python benchmarks/pipeline_throughput.py`); see that script's docstring for the",
+            f"method. Machine: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__};"
+            f" {date}.",
+            "Demo-size networks and batches (the demo's pretext overrides) with the config's own `num_workers` and",
+            "dataset settings. pipeline: samples/s through the config's train data loader"
+            f" ({args.batches} batches, or as many as {args.max_seconds:g} s take, after {args.warmup_batches});",
+            "step: samples/s of the trainer's iteration on one fixed batch"
+            f" (median of {args.steps} after {args.warmup}), so without data loading; ratio = pipeline / step.",
+            "load: the 1-minute load average before / at the end of the measurement (other processes share the",
+            "cores). `switches`: settings other than the config's defaults.",
+            "",
+            table(rows, args.goal),
+            "",
+        ]
+    )
+
+
+def write_section(title: str, text: str, path: Path) -> None:
+    """Replace the section ``title`` (from its heading to the next ``## ``) of ``path`` by ``text``, or append it;
+    the rest of the file is kept."""
+    old = path.read_text() if path.is_file() else ""
+    head, found, tail = old.partition("\n" + title + "\n")
+    after = tail.split("\n## ", 1)[1] if found and "\n## " in tail else ""
+    body = head.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    path.write_text(body + ("\n## " + after if after else ""))
+
+
+def parse_switch(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main() -> None:
+    bundles = sorted(p.stem for p in (ROOT / "demos").glob("*.json"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", nargs="+", default=bundles, choices=bundles)
+    parser.add_argument("--configs", nargs="+", help="only these config file names (default: every pretrain*.json)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON", help="extra overrides, e.g. a cache")
+    parser.add_argument("--samples", default=str(ROOT / "data" / "samples"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--warmup-batches", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, default=60, help="stop timing batches after this (>= 3 batches)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--goal", type=float, default=3.0)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--append", action="store_true", help="keep this section's other rows")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the section from the stored rows")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="'-' prints the table only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(json.loads(args.child), args)))
+        return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+    store = Path(args.out).with_name("benchmarks_pipeline.json")
+    if args.report_only:
+        write_section(SECTION, section(json.loads(store.read_text()), args), Path(args.out))
+        return
+    switches = dict(parse_switch(s) for s in args.set)
+    rows = []
+    for bundle in args.bundles:
+        for config in pretrain_configs(bundle):
+            if args.configs and config not in args.configs:
+                continue
+            overrides = {**demo_overrides(bundle, config), **QUIET, **switches}
+            spec = {"bundle": bundle, "config": config, "overrides": overrides}
+            row = {"bundle": bundle, "config": config, "switches": switches}
+            row.update(run_child({**spec, "samples": str(Path(args.samples).resolve())}, args))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out == "-":
+        print(table(rows, args.goal))
+        return
+    if args.append and store.is_file():  # an earlier row of the same config and switches is replaced
+        key = lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True))  # noqa: E731
+        fresh = {key(r) for r in rows}
+        rows = [r for r in json.loads(store.read_text()) if key(r) not in fresh] + rows
+    rows.sort(key=lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True)))
+    store.write_text(json.dumps(rows, indent=1) + "\n")
+    write_section(SECTION, section(rows, args), Path(args.out))
+    print(f"wrote {args.out} and {store}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Pure helpers of ``benchmarks/pipeline_throughput.py`` and ``benchmarks/inference_speed.py`` (the measurements
+themselves are benchmarks, run by ``make bench``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # inference_speed imports pipeline_throughput
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DOC = "# Training speed\n\ntable A\n\n## Against the authors' code\n\ntable B\n\n## Data pipeline\n\nold\n"
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    """Catches: another benchmark's section lost or duplicated when a section is rewritten or added."""
+    write_section = _load("pipeline_throughput").write_section
+    path = tmp_path / "benchmarks.md"
+    path.write_text(DOC)
+    write_section("## Data pipeline", "## Data pipeline\n\nnew\n", path)
+    assert path.read_text() == DOC.replace("old", "new")
+    write_section("## Inference", "## Inference\n\nrows\n", path)  # appended at the end
+    assert path.read_text() == DOC.replace("old", "new") + "\n## Inference\n\nrows\n"
+    write_section("## Data pipeline", "## Data pipeline\n\nthird\n", path)  # a middle section: the later one stays
+    assert path.read_text() == DOC.replace("old", "third") + "\n## Inference\n\nrows\n"
+
+
+def test_batch_size_counts_samples_of_nested_batches():
+    """Catches: samples/s counted per batch (or per view) instead of per sample."""
+    batch_size = _load("pipeline_throughput").batch_size
+    views = [torch.zeros(5, 1, 8, 8), torch.zeros(5, 1, 4, 4)]
+    assert batch_size({"name": ["a"] * 5, "image": views}) == 5
+    assert batch_size((torch.zeros(3, 2), torch.zeros(3))) == 3
+
+
+def test_demo_overrides_measure_the_configs_own_workers_and_cache():
+    """Catches: the demo's ``num_workers: 0`` or its cache switch leaking into the measured pipeline; a stage
+    measured with the other stages' overrides or looking for an earlier stage's checkpoint; a 2D variant given the
+    3D demo's sizes."""
+    module = _load("pipeline_throughput")
+    overrides = module.demo_overrides("medmae", "pretrain.json")
+    assert "num_workers" not in overrides and "train#dataset#cache" not in overrides
+    assert overrides["batch_size"] == 16
+    stage2 = module.demo_overrides("joint_clustering", "pretrain_stage2.json")
+    assert stage2["batch_size"] == 2 and stage2["pretrained_ckpt"] is None and "stage1_overrides" not in stage2
+    assert module.demo_overrides("models_genesis", "pretrain_2d.json")["roi_size"] == [32, 32]  # the demo's 3D size
+    assert module.pretrain_configs("joint_clustering") == [
+        "pretrain_stage1.json",
+        "pretrain_stage2.json",
+        "pretrain_stage3.json",
+    ]
+
+
+def test_inference_defaults_read_the_config_and_default_precision():
+    """Catches: a grid key the inference config lacks being varied (e.g. overlap without a sliding window)."""
+    defaults = _load("inference_speed").defaults
+    assert set(defaults(ROOT / "bundles" / "models_genesis")) == {"sw_batch_size", "sw_overlap", "precision"}
+    assert defaults(ROOT / "bundles" / "medmae") == {"precision": "fp32"}
