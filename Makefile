@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make demo [BUNDLE='a b'] set up, build the sample data, run every bundle's demo"
-	@echo "make test                 set up, build the sample data, lint, run the whole test suite"
+	@echo "make test [TEST_WORKERS=N] set up, build the sample data, lint, run the whole test suite (N workers, default: every core)"
 	@echo "make bench [GENESIS_OFFICIAL=..] [MAE_OFFICIAL=..] [SWAV_OFFICIAL=..] [DETR_OFFICIAL=..]  speed benchmarks (benchmarks/), side by side with the authors' code"
 	@echo "make evidence [BUNDLE='a b'] [SEEDS=3]  does each pre-training learn and help? (docs/evidence.md)"
 	@echo "make dist [BUNDLE=..] [DIST_URL=..]  self-contained bundle zips + model_info.json in dist/"
