@@ -157,3 +157,17 @@ def test_robust_dataset_cache_gives_the_same_items_and_shares_repeats(files):
     assert len(cached.dataset._cache) == 2  # the repeated items are cached once
     for i in range(len(items)):
         assert torch.equal(plain[i]["image"], cached[i]["image"])
+
+
+def test_robust_dataset_cache_leaves_bad_samples_to_the_policy(files):
+    """Breaks caught: a corrupt file stopping a cached dataset in its constructor (before ``skip_bad_samples``
+    applies), and a failed item cached as a value."""
+    items = [{"image": p} for p in files.values()]
+    cached = RobustDataset(items, TRANSFORM, cache=True)
+    assert [entry is None for entry in cached.dataset._cache] == [False, True, True, False, True]
+    assert torch.equal(cached[1]["image"], cached[3]["image"])  # replaced by the next good item, as without cache
+    assert sorted(b.index for b in cached.bad_samples()) == [1, 2]  # 1 is replaced by 2, then by 3
+    strict = RobustDataset(items, TRANSFORM, cache=True, skip_bad_samples=False)
+    assert torch.equal(strict[0]["image"], cached[0]["image"])
+    with pytest.raises(BadSampleError, match="zero.nii.gz"):
+        strict[1]

@@ -1,13 +1,16 @@
-"""Intensity normalisation shared by the bundles, for datalists that mix CT (HU) with other modalities."""
+"""Intensity normalisation shared by the bundles, for datalists that mix CT (HU) with other modalities, and
+:func:`meta_tracking` for augmentation chains whose output drops MONAI's metadata anyway."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, SqueezeDim, Transform
 
 __all__ = [
@@ -15,11 +18,28 @@ __all__ = [
     "NormalizeIntensity01",
     "SqueezeSingletonSlice",
     "SqueezeSingletonSliced",
+    "meta_tracking",
     "non_hounsfield_message",
     "non_hounsfield_range",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def meta_tracking(enabled: bool) -> Iterator[None]:
+    """MONAI's metadata tracking (``set_track_meta``) set to ``enabled`` inside the block, restored after it.
+
+    With tracking off MONAI transforms return plain tensors: the same values, without the MetaTensor bookkeeping
+    that costs more than the arithmetic on small images (about 2x on 28-64 pixel views). The switch is process-wide,
+    so no other thread may run MONAI transforms meanwhile (DataLoader workers are processes).
+    """
+    previous = get_track_meta()
+    set_track_meta(enabled)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
 
 
 def non_hounsfield_range(img: NdarrayOrTensor) -> tuple[float, float] | None:

@@ -180,3 +180,28 @@ def test_views_are_independent_augmentations():
     outs = [views({"image": image})["image"] for _ in range(8)]
     assert outs[0].shape == (2, 1, 4, 4)
     assert any(not torch.equal(o[0], o[1]) for o in outs), "the two views are drawn independently"
+
+
+def test_views_without_metadata_tracking_keep_values_and_restore_the_switch():
+    """Breaks caught: views made without MetaTensor bookkeeping differing in value from tracked ones (the switch is
+    a speed-up only), and the process-wide tracking switch left off after the call."""
+    from monai.data import MetaTensor, get_track_meta
+    from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd
+
+    def views(track_meta):
+        chain = Compose(
+            [
+                RandFlipd("image", prob=0.5, spatial_axis=0),
+                RandRotated("image", range_x=0.5, range_y=0.5, prob=1.0, padding_mode="zeros"),
+                RandScaleIntensityd("image", factors=0.1, prob=1.0),
+            ]
+        )
+        return RandViewsd("image", chain, num_views=2, track_meta=track_meta).set_random_state(3)
+
+    volume = MetaTensor(torch.rand(1, 8, 8, 8, generator=torch.Generator().manual_seed(0)))
+    tracked, untracked = views(True), views(False)
+    for _ in range(4):
+        a, b = tracked({"image": volume})["image"], untracked({"image": volume})["image"]
+        assert torch.allclose(torch.as_tensor(a), b, atol=1e-6)
+        assert isinstance(a, MetaTensor) and not isinstance(b, MetaTensor)
+        assert get_track_meta()

@@ -188,12 +188,23 @@ def test_rand_slice_shares_the_index_and_avoids_blank_slices(head_ct):
 
 def test_slicing_passes_2d_through_and_checks_shapes(head_ct):
     flat = {"image": torch.zeros(1, 5, 6)}
-    assert RandSliced("image")(flat)["image"] is flat["image"]
+    passed = RandSliced("image")(flat)["image"]
+    assert passed is not flat["image"] and torch.equal(passed, flat["image"])  # a copy: see the next test
     assert ExtractSlice()(flat["image"]) is flat["image"]
     with pytest.raises(ValueError, match="one spatial shape"):
         RandSliced(["image", "label"])({"image": head_ct["image"], "label": torch.zeros(1, 4, 4, 4)})
     with pytest.raises(ValueError, match="axis"):
         RandSliced("image", axis=3)
+
+
+def test_rand_slice_never_shares_memory_with_its_input(head_ct):
+    """Break caught: a slice (or a 2D pass-through) that is a view of the input, which the pre-training's
+    uncopied cache (``copy_cache: false``) would then let later transforms modify in place, silently."""
+    slicer = RandSliced("image", axis="random", min_foreground=0.0).set_random_state(0)
+    for item in [{"image": head_ct["image"]}] * 6 + [{"image": torch.rand(1, 5, 6)}]:
+        out = slicer(item)["image"]
+        out.add_(1.0)
+        assert out.untyped_storage().data_ptr() != item["image"].untyped_storage().data_ptr()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

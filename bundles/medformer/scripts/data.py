@@ -25,6 +25,7 @@ from monai.engines.utils import PrepareBatch
 from monai.transforms import Affine, Compose, MapTransform, Randomizable, Transform
 
 from medssl.data import RobustDataset, check_datalist, load_datalist
+from medssl.transforms import meta_tracking
 from scripts.loading import LoadMedformerImaged
 from scripts.medmnist_table import INFO
 
@@ -678,12 +679,22 @@ class RandViewsd(Randomizable, MapTransform):
         keys: keys to augment (e.g. ``"image"``); ``(C, *spatial)`` becomes ``(num_views, C, *spatial)``.
         transform: dictionary transform applied once per view (e.g. a ``Compose`` of random augmentations).
         num_views: number of views.
+        track_meta: MONAI's metadata tracking while the views are made; False (for views whose metadata is dropped
+            anyway): the same values at about twice the speed on small images (:func:`medssl.transforms.meta_tracking`).
     """
 
-    def __init__(self, keys: KeysCollection, transform: Any, num_views: int = 2, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: Any,
+        num_views: int = 2,
+        track_meta: bool = True,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.transform = transform
         self.num_views = num_views
+        self.track_meta = track_meta
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandViewsd:
         super().set_random_state(seed, state)
@@ -696,7 +707,8 @@ class RandViewsd(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        views = [self.transform(dict(d)) for _ in range(self.num_views)]
+        with meta_tracking(self.track_meta):
+            views = [self.transform(dict(d)) for _ in range(self.num_views)]
         for key in self.key_iterator(d):
             d[key] = torch.stack([torch.as_tensor(v[key]) for v in views])
         return d

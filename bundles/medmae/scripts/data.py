@@ -304,7 +304,7 @@ def _take_slice(img: NdarrayOrTensor, axis: int, index: int) -> MetaTensor:
     new_affine[:3, 3] = affine[:3, 3] + affine[:3, axis] * index
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
     meta.update({"slice_axis": axis, "slice_index": index, "spatial_shape": tuple(img.shape[1:][a] for a in axes)})
-    out = img.as_tensor().select(axis + 1, index).contiguous()
+    out = img.as_tensor().select(axis + 1, index).clone(memory_format=torch.contiguous_format)
     return MetaTensor(out, affine=new_affine, meta=meta)
 
 
@@ -368,8 +368,9 @@ class RandSliced(Randomizable, MapTransform):
     ``min_foreground`` of the ``ref_key`` voxels exceed ``threshold`` (drops blank end slices; notes A.7 suggest
     dropping slices with >95 % background). The fraction is estimated on an in-plane grid of about 4096 voxels per
     slice (stride ``sqrt(area / 4096)``), which is cheap even for large CT volumes. When no slice qualifies, every
-    slice within the margin is a candidate. 2D inputs pass through. The slice axis and index are recorded in the
-    output ``meta`` (``slice_axis``, ``slice_index``).
+    slice within the margin is a candidate. 2D inputs pass through as copies. The slice axis and index are recorded
+    in the output ``meta`` (``slice_axis``, ``slice_index``). The input is never modified nor returned, so a cache
+    may hand it over without a copy (``RobustDataset(copy_cache=False)``).
 
     Args:
         keys: keys to slice together.
@@ -419,6 +420,8 @@ class RandSliced(Randomizable, MapTransform):
         d = dict(data)
         keys = [k for k in self.key_iterator(d) if d[k].ndim == 4]
         if not keys:
+            for key in self.key_iterator(d):
+                d[key] = d[key].clone() if isinstance(d[key], torch.Tensor) else np.array(d[key], copy=True)
             return d
         ref_key = self.ref_key if self.ref_key in keys else keys[0]
         _common_shape(d, keys)

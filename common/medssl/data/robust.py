@@ -18,8 +18,9 @@ Decisions and limits:
   main process counts skips made in any worker, with any multiprocessing start method. Each process logs a sample
   once, so with ``num_workers=N`` a bad sample may be logged up to N times; the summary counts it once per skip.
 * ``CacheDataset`` fills its cache in the constructor, where a failure raises before this wrapper is involved: use
-  ``runtime_cache=True`` (or ``"processes"``) so items load, and fail, inside ``__getitem__``. A failing item is
-  never cached, so it is retried (and counted) every epoch.
+  ``runtime_cache=True`` (or ``"processes"``) so items load, and fail, inside ``__getitem__``, or
+  :class:`RobustDataset` with ``cache=True``, which leaves failing items uncached. A failing item is never cached,
+  so it is retried (and counted) every epoch.
 * A failure is any ``Exception``; the reason is the innermost exception of the chain (MONAI wraps transform errors
   in ``RuntimeError("applying transform ...")``), with the failing transform's class name when MONAI gives it.
 
@@ -235,18 +236,28 @@ class RobustDataset(SkipBadSamplesDataset):
     Bundle configs use it as ``train#dataset`` so that ``train#dataset#data`` (which MONAI Label overrides) and
     ``train#dataloader#dataset: "@train#dataset"`` (which MONAI's workflow property checks expect) keep their form.
 
-    With ``cache=True`` the deterministic part of ``transform`` is cached in memory once per distinct item
-    (MONAI's ``CacheDataset`` keyed by content, so ``dataset_repeats`` copies share one entry); a sample that fails while
-    caching stops the run at start-up instead of being skipped.
+    With ``cache=True`` the deterministic part of ``transform`` is cached in memory once per distinct item, with a
+    progress bar while it fills (:class:`~medssl.data.cache.DeferredFailureCacheDataset`: MONAI's ``CacheDataset``
+    keyed by content, so ``dataset_repeats`` copies share one entry); a sample that fails while caching is not cached
+    and fails again on access, where it is skipped or stops the run like any bad sample. ``copy_cache=False``: see
+    that class.
     """
 
     def __init__(
-        self, data: Sequence, transform: Any = None, skip_bad_samples: bool = True, cache: bool = False, **kwargs: Any
+        self,
+        data: Sequence,
+        transform: Any = None,
+        skip_bad_samples: bool = True,
+        cache: bool = False,
+        copy_cache: bool = True,
+        **kwargs: Any,
     ) -> None:
-        from monai.data import CacheDataset, Dataset
+        from monai.data import Dataset
+
+        from .cache import DeferredFailureCacheDataset
 
         dataset = (
-            CacheDataset(data=data, transform=transform, hash_as_key=True, progress=False)
+            DeferredFailureCacheDataset(data, transform, copy_cache=copy_cache)
             if cache
             else Dataset(data=data, transform=transform)
         )
