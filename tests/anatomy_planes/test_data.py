@@ -40,10 +40,12 @@ def test_aal_regions_map_to_the_four_acdc_proxy_classes():
 
 def test_sample_datalists(datalists, samples_dir, tmp_path):
     pretrain = load_datalist(datalists["pretrain"], "training")
-    assert len(pretrain) == 54 and len(load_datalist(datalists["pretrain"], "validation")) == 9
+    validation = load_datalist(datalists["pretrain"], "validation")
+    assert len(pretrain) == 72 and len(validation) == 36  # every volume along each of the 4 sample axes
     item = pretrain[0]
     assert item["image"].endswith(".dcm") and len(item["references"]) == 2 and len(item["stack"]) == 9
-    assert {it["subject"] for it in pretrain} == {f"{v}_{k}" for v in ("mni152_t1", "head_ct") for k in range(3)}
+    assert {it["subject"] for it in pretrain} == {f"{v}_{k}" for v in ("mni152_t1", "head_ct") for k in range(4)}
+    assert {it["subject"] for it in validation} == {f"colin27_t1_{k}" for k in range(4)}
     seg = load_datalist(datalists["seg"], "training") + load_datalist(datalists["seg"], "validation")
     import nibabel as nib
 

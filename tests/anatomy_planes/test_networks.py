@@ -80,6 +80,17 @@ def test_location_head_is_global_max_pooling():
     torch.testing.assert_close(net.location_head(bottleneck), expected)
 
 
+def test_location_pool_avg_averages_the_bottleneck_and_unknown_pools_stop():
+    """Catches location_pool "avg" being ignored (still max) or a misspelt pool silently falling back to one."""
+    net = PlanesPretextNet(tasks=["location"], features=TINY, location_hidden=None, location_pool="avg").eval()
+    bottleneck = torch.zeros(1, TINY[-1], 2, 2)
+    bottleneck[0, :, 0, 0] = 4.0  # one hot position: max pooling gives 4, average pooling 1
+    expected = net.location_head.mlp(torch.ones(1, TINY[-1]))
+    torch.testing.assert_close(net.location_head(bottleneck), expected)
+    with pytest.raises(ValueError, match="location_pool"):
+        PlanesPretextNet(tasks=["location"], features=TINY, location_pool="mean")
+
+
 def test_initialisation_follows_the_authors_code():
     torch.manual_seed(0)
     net = PlanesUNet(1, 4)

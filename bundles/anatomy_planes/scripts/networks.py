@@ -6,8 +6,9 @@ BasicUNet blocks.
   stride-2 transposed convolution, concatenation with the skip and two (3x3 conv, ReLU) without batch norm, and a
   1x1 output convolution (``head``): 2 line heat-maps for pre-training, 4 classes for ACDC segmentation.
 * :class:`PlanesPretextNet`: the same U-Net plus the slice-location head on the bottleneck (global max pooling, then
-  ``Linear(1024, 128) -> Dropout(0.5) -> ReLU -> Linear(128, 1)``, or one linear layer); returns a dict with the
-  outputs of the chosen tasks, ``"heatmap"`` and/or ``"location"``.
+  ``Linear(1024, 128) -> Dropout(0.5) -> ReLU -> Linear(128, 1)``, or one linear layer; global average pooling as an
+  option, as in the location head of the authors' AlexNet U-Net); returns a dict with the outputs of the chosen tasks,
+  ``"heatmap"`` and/or ``"location"``.
 * :class:`SeriesClassifier`: MRNet-style series classification (knee): the 2D encoder on every slice of a series,
   global average pooling, max over slices, one logit.
 
@@ -27,6 +28,8 @@ __all__ = ["PlanesPretextNet", "PlanesUNet", "SeriesClassifier", "init_weights"]
 
 FEATURES = (64, 128, 256, 512, 1024)
 TASKS = ("heatmap", "location")
+#: Global pooling of the location head: the authors' U-Net pools by max, their AlexNet U-Net by average.
+LOCATION_POOLS = {"max": nn.AdaptiveMaxPool2d, "avg": nn.AdaptiveAvgPool2d}
 
 
 def init_weights(module: nn.Module) -> None:
@@ -117,11 +120,14 @@ class PlanesUNet(nn.Module):
 
 
 class LocationHead(nn.Module):
-    """Global max pooling of the bottleneck, then an MLP ``C -> hidden -> 1`` (dropout, ReLU) or one linear layer."""
+    """Global max (or average) pooling of the bottleneck, then an MLP ``C -> hidden -> 1`` (dropout, ReLU) or one
+    linear layer."""
 
-    def __init__(self, in_channels: int, hidden: int | None = 128, dropout: float = 0.5) -> None:
+    def __init__(self, in_channels: int, hidden: int | None = 128, dropout: float = 0.5, pool: str = "max") -> None:
         super().__init__()
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        if pool not in LOCATION_POOLS:
+            raise ValueError(f"location_pool must be one of {sorted(LOCATION_POOLS)}, got {pool!r}")
+        self.pool = LOCATION_POOLS[pool](1)
         if hidden:
             self.mlp = nn.Sequential(
                 nn.Linear(in_channels, hidden), nn.Dropout(dropout), nn.ReLU(inplace=True), nn.Linear(hidden, 1)
@@ -145,6 +151,9 @@ class PlanesPretextNet(PlanesUNet):
         location_hidden: hidden units of the location MLP (authors' code: 128), or None/0 for one linear layer
             (the paper's text).
         location_dropout: dropout in the MLP (authors' code: 0.5).
+        location_pool: global pooling of the bottleneck before the MLP: "max" (authors' CMR code) or "avg"
+            (average: how much of each feature the slice holds, not only whether it is somewhere; the authors'
+            AlexNet U-Net pools this way).
     """
 
     def __init__(
@@ -157,6 +166,7 @@ class PlanesPretextNet(PlanesUNet):
         location_dropout: float = 0.5,
         act: str = "relu",
         norm: str = "batch",
+        location_pool: str = "max",
     ) -> None:
         tasks = tuple(tasks)
         if not tasks or any(t not in TASKS for t in tasks):
@@ -166,7 +176,7 @@ class PlanesPretextNet(PlanesUNet):
         if "heatmap" not in tasks:
             del self.decoder, self.head
         if "location" in tasks:
-            self.location_head = LocationHead(self.features[-1], location_hidden, location_dropout)
+            self.location_head = LocationHead(self.features[-1], location_hidden, location_dropout, location_pool)
             init_weights(self.location_head)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
