@@ -4,7 +4,9 @@ For each ``configs/pretrain*.json`` of each bundle (joint_clustering: its three 
 only runs them one after the other) the config is built as ``python -m monai.bundle run`` would build it, on the
 real sample data, at **demo size**: the overrides of ``demos/<bundle>.json``'s ``pretext`` section (for a stage,
 the shared ones and that stage's), except the demo's ``num_workers`` and dataset cache switches: the pipeline is
-measured with the config's own ``num_workers`` and cache defaults, which are what users get.
+measured with the config's own ``num_workers`` and cache defaults, which are what users get. And at **paper size**:
+the config's defaults (the paper's network and input sizes) with ``--paper-batch`` and only the data settings the
+sample data needs, chosen as ``benchmarks/training_steps.py`` chooses them for its paper-size rows.
 
 - **pipeline**: samples/s drawn through the config's own ``train#dataloader`` (its workers, transforms and
   collation; a new epoch's iterator, worker start-up included, whenever one ends), after ``--warmup-batches``.
@@ -72,6 +74,20 @@ def demo_overrides(bundle: str, config: str) -> dict:
         if isinstance(value, list) and isinstance(default, list) and 0 < len(default) < len(value):
             shared[key] = value[: len(default)]
     return shared
+
+
+def paper_overrides(bundle: str, config: str, batch: int) -> dict:
+    """The config's defaults at ``batch``, with the demo's data-location keys and the sample data's data settings."""
+    from training_steps import PAPER_DATA, PAPER_KEEPS_DEMO
+
+    demo = demo_overrides(bundle, config)
+    kept = {k: v for k, v in demo.items() if k.startswith(PAPER_KEEPS_DEMO.get(bundle, ("dataset_dir",)))}
+    overrides = {**kept, **PAPER_DATA.get(bundle, {}), "batch_size": batch}
+    if config in STAGES:
+        overrides["pretrained_ckpt"] = None
+    if (bundle, config) in NOT_FOR:
+        overrides = {k: v for k, v in overrides.items() if k not in NOT_FOR[(bundle, config)]}
+    return overrides
 
 
 def batch_size(batch) -> int:
@@ -171,16 +187,20 @@ def run_child(spec: dict, args) -> dict:
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_before": load}
 
 
+def row_order(r: dict) -> tuple:
+    return (r["bundle"], r["config"], r.get("size", "demo") != "demo", json.dumps(r["switches"], sort_keys=True))
+
+
 def table(rows: list[dict], goal: float) -> str:
-    rows = sorted(rows, key=lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True) != "{}"))
+    rows = sorted(rows, key=row_order)
     lines = [
-        "| bundle | config | switches | batch | workers | pipeline (samples/s) | step (samples/s) | ratio | goal"
+        "| bundle | config | size | switches | batch | workers | pipeline (samples/s) | step (samples/s) | ratio | goal"
         f" >= {goal:g}x | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         switches = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in r["switches"].items()) or "defaults"
-        head = f"| {r['bundle']} | `{r['config']}` | {switches} |"
+        head = f"| {r['bundle']} | `{r['config']}` | {r.get('size', 'demo')} | {switches} |"
         if "error" in r:
             lines.append(f"{head} | | failed: {r['error'][:100]} | | | | {r['load']:.1f} |")
             continue
@@ -205,8 +225,9 @@ def section(rows: list[dict], args) -> str:
             "Made by `make bench` (`python benchmarks/pipeline_throughput.py`); see that script's docstring for the",
             f"method. Machine: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__};"
             f" {date}.",
-            "Demo-size networks and batches (the demo's pretext overrides) with the config's own `num_workers` and",
-            "dataset settings. pipeline: samples/s through the config's train data loader"
+            "demo: demo-size networks and batches (the demo's pretext overrides); paper: the config's defaults (the",
+            f"paper's network and input sizes) at batch {args.paper_batch}; both with the config's own `num_workers`",
+            "and dataset settings. pipeline: samples/s through the config's train data loader"
             f" ({args.batches} batches, or as many as {args.max_seconds:g} s take, after {args.warmup_batches});",
             "step: samples/s of the trainer's iteration on one fixed batch"
             f" (median of {args.steps} after {args.warmup}), so without data loading; ratio = pipeline / step.",
@@ -251,6 +272,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--goal", type=float, default=3.0)
+    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
+    parser.add_argument("--paper-batch", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--append", action="store_true", help="keep this section's other rows")
     parser.add_argument("--report-only", action="store_true", help="rewrite the section from the stored rows")
@@ -275,20 +298,25 @@ def main() -> None:
         for config in pretrain_configs(bundle):
             if args.configs and config not in args.configs:
                 continue
-            overrides = {**demo_overrides(bundle, config), **QUIET, **switches}
-            spec = {"bundle": bundle, "config": config, "overrides": overrides}
-            row = {"bundle": bundle, "config": config, "switches": switches}
-            row.update(run_child({**spec, "samples": str(Path(args.samples).resolve())}, args))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for size in args.sizes:
+                sized = (
+                    demo_overrides(bundle, config)
+                    if size == "demo"
+                    else paper_overrides(bundle, config, args.paper_batch)
+                )
+                spec = {"bundle": bundle, "config": config, "overrides": {**sized, **QUIET, **switches}}
+                row = {"bundle": bundle, "config": config, "size": size, "switches": switches}
+                row.update(run_child({**spec, "samples": str(Path(args.samples).resolve())}, args))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     if args.out == "-":
         print(table(rows, args.goal))
         return
     if args.append and store.is_file():  # an earlier row of the same config and switches is replaced
-        key = lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True))  # noqa: E731
+        key = lambda r: (r["bundle"], r["config"], r.get("size", "demo"), json.dumps(r["switches"], sort_keys=True))  # noqa: E731
         fresh = {key(r) for r in rows}
         rows = [r for r in json.loads(store.read_text()) if key(r) not in fresh] + rows
-    rows.sort(key=lambda r: (r["bundle"], r["config"], json.dumps(r["switches"], sort_keys=True)))
+    rows.sort(key=row_order)
     store.write_text(json.dumps(rows, indent=1) + "\n")
     write_section(SECTION, section(rows, args), Path(args.out))
     print(f"wrote {args.out} and {store}")

@@ -62,6 +62,24 @@ def test_demo_overrides_measure_the_configs_own_workers_and_cache():
     ]
 
 
+def test_paper_overrides_keep_the_configs_sizes_and_only_the_data_location():
+    """Catches: a paper-size row measured with the demo's network or input sizes, with the demo's batch, or a stage
+    looking for an earlier stage's checkpoint."""
+    module = _load("pipeline_throughput")
+    medmae = module.paper_overrides("medmae", "pretrain.json", 2)
+    assert medmae == {"dataset_dir": "{samples}", "batch_size": 2}
+    stage3 = module.paper_overrides("joint_clustering", "pretrain_stage3.json", 2)
+    assert stage3["pretrained_ckpt"] is None and "slice_size" not in stage3 and "embed_dim" not in stage3
+    genesis_2d = module.paper_overrides("models_genesis", "pretrain_2d.json", 2)
+    assert "network_def#base_filters" not in genesis_2d and genesis_2d["num_windows"] == 1000
+    assert [
+        r["size"]
+        for r in sorted(
+            [{"bundle": "a", "config": "c", "size": s, "switches": {}} for s in ("paper", "demo")], key=module.row_order
+        )
+    ] == ["demo", "paper"]
+
+
 def test_inference_defaults_read_the_config_and_default_precision():
     """Catches: a grid key the inference config lacks being varied (e.g. overlap without a sliding window)."""
     defaults = _load("inference_speed").defaults
