@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Invertd
+from monai.transforms import Compose, Invertd, Randomizable
 
 from medssl.data import DataCheckError, assert_datalist_ok, load_datalist
 from medssl.geometry import PlaneGeometry, line_heatmap
@@ -78,15 +78,24 @@ def test_pretrain_chain_targets_match_the_geometry(datalists):
 
 
 def test_augmented_pretext_targets_follow_the_image(datalists):
-    chain = parsed(
-        "pretrain.json", "train#preprocessing", pixdim=2.0, spatial_size=[96, 96], augment_prob=1.0, rotate_deg=30.0
-    )
-    chain.set_random_state(0)
+    """The location target is made before the first random transform, so the dataset cache keeps it; that holds
+    only because in-plane augmentation keeps the slice on its plane, which this checks on the augmented image.
+    Breaks if the target moves after a random transform (recomputed every epoch) or the augmentation tilts the
+    slice, and if the heat-map does not follow the image."""
+    overrides = {"pixdim": 2.0, "spatial_size": [96, 96], "augment_prob": 1.0, "rotate_deg": 30.0}
+    for config in ("pretrain.json", "pretrain_lines.json", "pretrain_location.json"):
+        transforms = parsed(config, "train#preprocessing", **overrides).transforms
+        names = [type(t).__name__ for t in transforms]
+        first_random = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable))
+        assert names.index("RelativeSliceLocationd") < first_random, config
+    chain = parsed("pretrain.json", "train#preprocessing", **overrides)
     item = load_datalist(datalists["pretrain"], "validation")[4]
     plain = parsed("pretrain.json", "validate#preprocessing", pixdim=2.0, spatial_size=[96, 96])(item)
-    out = chain(item)
-    assert float(out["location"]) == pytest.approx(float(plain["location"]))  # in-plane motion keeps the slice
-    assert not torch.allclose(out["heatmap"], plain["heatmap"], atol=0.1)  # the lines moved with the image
+    augmented = Compose(chain.transforms[: names.index("NormalizeIntensityd")]).set_random_state(0)(item)
+    relocated = transforms[names.index("RelativeSliceLocationd")](augmented)["location"]
+    assert float(relocated) == pytest.approx(float(plain["location"]))  # in-plane motion keeps the slice
+    assert float(augmented["location"]) == pytest.approx(float(plain["location"]))
+    assert not torch.allclose(augmented["heatmap"], plain["heatmap"], atol=0.1)  # the lines moved with the image
 
 
 def test_inference_output_is_back_on_the_input_grid(datalists):

@@ -67,6 +67,28 @@ def test_multi_view_stacks_independent_views():
     assert empty["none"].shape == (0, 8, 8)
 
 
+@pytest.mark.parametrize(
+    "config, shape", [("pretrain_stage1.json", (1, 80, 70)), ("pretrain_stage3.json", (1, 24, 24, 8))]
+)
+def test_views_leave_an_uncopied_cached_image_untouched(config, shape):
+    """Stages 1 and 3 hand the cached image to their views without a copy (``copy_cache: false``). Break caught: a
+    view transform that modifies its input, returns it (a later in-place step would reach the cache) or records its
+    operation on it: the cache would then change from epoch to epoch, silently."""
+    from scripts.data import RandMultiViewd
+
+    assert _parsed(config, "train#dataset#copy_cache") is False
+    views = [t for t in _parsed(config, "train#preprocessing").transforms if isinstance(t, RandMultiViewd)]
+    image = MetaTensor(torch.rand(*shape) + 0.1)
+    before, operations = image.clone(), len(image.applied_operations)
+    for seed in range(25):
+        for view in views:
+            view.set_random_state(seed)
+            out = view({"image": image})[view.output_key or "image"]
+            assert out.untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
+            out.mul_(0.0)
+    assert torch.equal(image, before) and len(image.applied_operations) == operations
+
+
 def test_bitmaps_use_percentiles_and_ct_the_hounsfield_window():
     from scripts.data import BITMAP_SUFFIXES
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import math
 
@@ -184,6 +186,27 @@ def test_rand_slice_shares_the_index_and_avoids_blank_slices(head_ct):
         return [(o["image"].meta["slice_axis"], o["image"].meta["slice_index"]) for o in map(slicer, [head_ct] * 3)]
 
     assert draws(5) == draws(5)
+
+
+def test_rand_slice_remembers_fractions_only_while_the_image_is_unchanged(head_ct):
+    """A cached volume is drawn from every epoch, so its per-slice foreground fractions are kept. Breaks if they are
+    recomputed each draw (the memo is never hit), kept after the volume changed in place (stale candidates), or
+    kept for another volume."""
+    slicer = RandSliced("image", axis="random")
+    volume = head_ct["image"].clone()
+    first = slicer.foreground_fraction(volume, 1)
+    assert slicer.foreground_fraction(volume, 1) is first and len(slicer._fractions) == 1
+    planes = volume.as_tensor()[0].movedim(1, -1)
+    step = max(1, math.isqrt(planes.shape[0] * planes.shape[1] // 4096))
+    np.testing.assert_array_equal(first, (planes[::step, ::step] > 0.05).float().mean((0, 1)).numpy())
+    volume.mul_(0.0)
+    assert not slicer.foreground_fraction(volume, 1).any()
+    other = head_ct["image"].clone()
+    np.testing.assert_array_equal(slicer.foreground_fraction(other, 1), first)
+    assert copy.deepcopy(slicer)._fractions == {} and slicer.__getstate__()["_fractions"] == {}  # pickled: the same
+    del volume, other, planes
+    gc.collect()  # a MetaTensor may sit in a reference cycle
+    assert len(slicer._fractions) == 0, "entries die with their images (a deep-copying cache makes new ones)"
 
 
 def test_slicing_passes_2d_through_and_checks_shapes(head_ct):

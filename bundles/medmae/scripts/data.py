@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,8 @@ class RandSliced(Randomizable, MapTransform):
     slice (stride ``sqrt(area / 4096)``), which is cheap even for large CT volumes. When no slice qualifies, every
     slice within the margin is a candidate. 2D inputs pass through as copies. The slice axis and index are recorded
     in the output ``meta`` (``slice_axis``, ``slice_index``). The input is never modified nor returned, so a cache
-    may hand it over without a copy (``RobustDataset(copy_cache=False)``).
+    may hand it over without a copy (``RobustDataset(copy_cache=False)``); the fractions of an image are then
+    remembered while it lives (recomputed if it is modified in place), as a cached volume is drawn from every epoch.
 
     Args:
         keys: keys to slice together.
@@ -402,6 +404,25 @@ class RandSliced(Randomizable, MapTransform):
         self.threshold = threshold
         self.ref_key = ref_key
         self._axis, self._index = self.axes[0], 0
+        self._fractions: dict[int, tuple[weakref.ref, dict]] = {}  # id -> (image, {(axis, version): fractions})
+
+    def __getstate__(self) -> dict:  # a pickled or deep-copied transform (workers) starts with no memo
+        return {**self.__dict__, "_fractions": {}}
+
+    def foreground_fraction(self, ref: NdarrayOrTensor, axis: int) -> np.ndarray:
+        """Fraction of foreground voxels of every slice of ``ref`` along spatial ``axis`` (on the strided grid)."""
+        tensor = torch.as_tensor(ref)
+        image, memo = self._fractions.get(id(tensor), (None, {}))
+        if image is None or image() is not tensor:  # tensors compare by value: no WeakKeyDictionary
+            memo = {}
+            self._fractions[id(tensor)] = (weakref.ref(tensor), memo)
+            weakref.finalize(tensor, self._fractions.pop, id(tensor), None)
+        key = (axis, tensor._version)
+        if key not in memo:
+            planes = tensor[0].movedim(axis, -1)  # (in-plane, in-plane, depth)
+            step = max(1, math.isqrt(planes.shape[0] * planes.shape[1] // 4096))  # ~4096 voxels a slice suffice
+            memo[key] = (planes[::step, ::step] > self.threshold).float().mean((0, 1)).numpy()
+        return memo[key]
 
     def randomize(self, ref: NdarrayOrTensor) -> None:
         self._axis = int(self.axes[self.R.randint(len(self.axes))])
@@ -409,9 +430,7 @@ class RandSliced(Randomizable, MapTransform):
         lo = math.floor(self.margin * depth)
         candidates = np.arange(lo, max(depth - lo, lo + 1))
         if self.min_foreground > 0:
-            planes = torch.as_tensor(ref)[0].movedim(self._axis, -1)  # (in-plane, in-plane, depth)
-            step = max(1, math.isqrt(planes.shape[0] * planes.shape[1] // 4096))  # ~4096 voxels a slice suffice
-            fraction = (planes[::step, ::step] > self.threshold).float().mean((0, 1)).numpy()
+            fraction = self.foreground_fraction(ref, self._axis)
             keep = candidates[fraction[candidates] >= self.min_foreground]
             candidates = keep if keep.size else candidates
         self._index = int(self.R.choice(candidates))
