@@ -147,7 +147,10 @@ def test_switches_give_the_same_loss(bundle, kind, samples_dir, monkeypatch, tmp
 
     torch.testing.assert_close(bf16, reference, rtol=0.05, atol=1e-3)
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-6)
+    # channels-last convolutions sum in another order (oneDNN's blocked kernels, CPU-dependent); through a deep net
+    # with batch-statistics BatchNorm that reaches ~1.4e-4 of anatomy_planes' loss on some CPUs. A wrong layout or a
+    # layer that ignores it changes the loss by orders of magnitude more.
+    torch.testing.assert_close(channels_last, reference, rtol=1e-3, atol=1e-6)
     set_determinism(seed=None)
 
 
