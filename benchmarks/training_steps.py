@@ -18,6 +18,7 @@ Every measurement runs in its own child process: peak memory is that child's hig
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -130,6 +131,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measured(rows: list[dict]) -> str:
+    """When the rows were measured and the 1-minute load average after them (rows of earlier runs may lack both)."""
+    dates = sorted(r["date"] for r in rows if r.get("date"))
+    loads = [r["load"] for r in rows if r.get("load") is not None]
+    when = (
+        "measured " + (f"{dates[0]} to {dates[-1]}" if len(set(dates)) > 1 else dates[0])
+        if dates
+        else "date not recorded"
+    )
+    return when + (f", load average {min(loads):.1f}-{max(loads):.1f} after the rows" if loads else "")
+
+
 def report(rows: list[dict], args) -> str:
     import torch
 
@@ -139,7 +152,8 @@ def report(rows: list[dict], args) -> str:
             "# Training speed",
             "",
             "Made by `make bench` (`python benchmarks/training_steps.py`); see that script's docstring for the method.",
-            f"Machine: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__}.",
+            f"Machine: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__};",
+            f"{measured(rows)}.",
             f"Median of {args.steps} steps after {args.warmup} warm-up steps on one batch of real sample data;",
             "paper size: the config's defaults with the batch shown (the paper's batch does not fit a CPU run);",
             "peak memory: the whole process's high-water resident set on CPU (model, optimiser, one batch, Python).",
@@ -190,6 +204,8 @@ def main() -> None:
             for variant in args.variants:
                 row = {"bundle": bundle, "config": config, "size": size, "variant": variant, "batch": "?"}
                 row.update(run_child(bundle, config, {**overrides, **VARIANTS[variant]}, args))
+                row["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                row["load"] = round(os.getloadavg()[0], 2)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     if args.out == "-":

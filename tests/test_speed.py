@@ -196,3 +196,14 @@ def test_side_by_side_table_flags_missed_goals_with_the_reason():
     lines = side_by_side.table([missed, met]).splitlines()[2:]
     assert "missed" in lines[0] and "the reason" in lines[0]
     assert ": met" in lines[1] and "unused" not in lines[1]
+
+
+def test_training_speed_table_says_when_and_under_what_load():
+    """Rows of several runs are merged into one table. Catches a header that hides when they were measured or the
+    load they ran under, or that invents a date for rows of older runs that recorded none."""
+    steps = _benchmark("training_steps")
+    rows = [{"date": "2026-12-07 06:05 UTC", "load": 0.9}, {"date": "2026-12-07 06:00 UTC", "load": 1.2}]
+    expected = "measured 2026-12-07 06:00 UTC to 2026-12-07 06:05 UTC, load average 0.9-1.2 after the rows"
+    assert steps.measured(rows) == expected
+    assert steps.measured(rows[:1]) == "measured 2026-12-07 06:05 UTC, load average 0.9-0.9 after the rows"
+    assert steps.measured([{"bundle": "medmae"}]) == "date not recorded"
