@@ -10,6 +10,9 @@ sample data needs, chosen as ``benchmarks/training_steps.py`` chooses them for i
 
 - **pipeline**: samples/s drawn through the config's own ``train#dataloader`` (its workers, transforms and
   collation; a new epoch's iterator, worker start-up included, whenever one ends), after ``--warmup-batches``.
+- **one process**: the same dataset, batch sampler and collation drawn with ``num_workers`` 0: the work alone,
+  without the workers' start-up that every epoch pays (at demo size an epoch is often 1-3 batches, and starting two
+  workers on 2 cores costs about 0.1 s, more than their work; the demos run with ``num_workers: 0`` for that reason).
 - **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on one fixed
   prepared batch, so without data loading: median of ``--steps`` after ``--warmup`` steps.
 
@@ -112,11 +115,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def draw(loader, args) -> tuple[float, object]:
+    """Samples/s drawn through ``loader`` after ``args.warmup_batches``, and the last batch. When an epoch ends a new
+    iterator starts: its workers' start-up is part of the loader's cost."""
+    iterator, samples, batches, start = iter(loader), 0, 0, None
+    while batches < args.warmup_batches + args.batches:
+        if batches == args.warmup_batches:
+            start = time.perf_counter()
+        elif batches > args.warmup_batches + 2 and time.perf_counter() - start > args.max_seconds:
+            break
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            continue
+        if batches >= args.warmup_batches:
+            samples += batch_size(batch)
+        batches += 1
+    rate = samples / (time.perf_counter() - start)
+    del iterator  # stop the workers
+    return rate, batch
+
+
 def measure(spec: dict, args) -> dict:
     """Build the config in this process; time its data loader, then its trainer's iteration on a fixed batch."""
     from ignite.engine import Events
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
+    from torch.utils.data import DataLoader
 
     from medssl.runner import copy_bundle, fill_placeholders
 
@@ -135,23 +161,11 @@ def measure(spec: dict, args) -> dict:
                     parser.get_parsed_content(f"{section}#{i}")
         trainer = parser.get_parsed_content("train#trainer")
         loader = trainer.data_loader
-        iterator, samples, batches = iter(loader), 0, 0
-        start = None
-        while batches < args.warmup_batches + args.batches:
-            if batches == args.warmup_batches:
-                start = time.perf_counter()
-            elif batches > args.warmup_batches + 2 and time.perf_counter() - start > args.max_seconds:
-                break
-            try:
-                batch = next(iterator)
-            except StopIteration:  # a new epoch: its iterator (and worker start-up) is part of the pipeline's cost
-                iterator = iter(loader)
-                continue
-            if batches >= args.warmup_batches:
-                samples += batch_size(batch)
-            batches += 1
-        pipeline = samples / (time.perf_counter() - start)
-        del iterator  # stop the workers before timing the step
+        pipeline, batch = draw(loader, args)
+        one_process = DataLoader(
+            loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn, num_workers=0
+        )
+        in_process = draw(one_process, args)[0] if loader.num_workers > 0 else pipeline
         try:
             trainer._iteration(trainer, batch)
         except RuntimeError:  # state made by handlers at the run's or epoch's start (DeepCluster-v2's k-means labels)
@@ -170,6 +184,7 @@ def measure(spec: dict, args) -> dict:
         "batch": batch_size(batch),
         "num_workers": loader.num_workers,
         "pipeline": pipeline,
+        "in_process": in_process,
         "step": batch_size(batch) / step,
         "load": os.getloadavg()[0],
     }
@@ -194,21 +209,22 @@ def row_order(r: dict) -> tuple:
 def table(rows: list[dict], goal: float) -> str:
     rows = sorted(rows, key=row_order)
     lines = [
-        "| bundle | config | size | switches | batch | workers | pipeline (samples/s) | step (samples/s) | ratio | goal"
-        f" >= {goal:g}x | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bundle | config | size | switches | batch | workers | pipeline (samples/s) | one process (samples/s) |"
+        f" step (samples/s) | ratio | goal >= {goal:g}x | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         switches = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in r["switches"].items()) or "defaults"
         head = f"| {r['bundle']} | `{r['config']}` | {r.get('size', 'demo')} | {switches} |"
         if "error" in r:
-            lines.append(f"{head} | | failed: {r['error'][:100]} | | | | {r['load']:.1f} |")
+            lines.append(f"{head} | | failed: {r['error'][:100]} | | | | | {r['load']:.1f} |")
             continue
         ratio = r["pipeline"] / r["step"]
         verdict = "met" if ratio >= goal else "**missed**"
+        in_process = f"{r['in_process']:.1f}" if "in_process" in r else ""
         lines.append(
-            f"{head} {r['batch']} | {r['num_workers']} | {r['pipeline']:.1f} | {r['step']:.1f} | {ratio:.1f}x |"
-            f" {verdict} | {r['load_before']:.1f} / {r['load']:.1f} |"
+            f"{head} {r['batch']} | {r['num_workers']} | {r['pipeline']:.1f} | {in_process} | {r['step']:.1f} |"
+            f" {ratio:.1f}x | {verdict} | {r['load_before']:.1f} / {r['load']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -229,6 +245,9 @@ def section(rows: list[dict], args) -> str:
             f"paper's network and input sizes) at batch {args.paper_batch}; both with the config's own `num_workers`",
             "and dataset settings. pipeline: samples/s through the config's train data loader"
             f" ({args.batches} batches, or as many as {args.max_seconds:g} s take, after {args.warmup_batches});",
+            "one process: the same dataset, batches and collation drawn with `num_workers` 0, the work without the",
+            "workers' start-up at every epoch (with epochs of a few batches, as at demo size, that start-up, about",
+            "0.1 s on 2 cores, can cost more than the work; the demos run with `num_workers` 0 for that reason).",
             "step: samples/s of the trainer's iteration on one fixed batch"
             f" (median of {args.steps} after {args.warmup}), so without data loading; ratio = pipeline / step.",
             "load: the 1-minute load average before / at the end of the measurement (other processes share the",

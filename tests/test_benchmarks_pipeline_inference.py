@@ -85,3 +85,21 @@ def test_inference_defaults_read_the_config_and_default_precision():
     defaults = _load("inference_speed").defaults
     assert set(defaults(ROOT / "bundles" / "models_genesis")) == {"sw_batch_size", "sw_overlap", "precision"}
     assert defaults(ROOT / "bundles" / "medmae") == {"precision": "fp32"}
+
+
+def test_pipeline_table_shows_the_one_process_rate_beside_the_workers():
+    """Catches: the one-process rate dropped from the table, shifted into another column, or older rows without it
+    breaking the report; the verdict stays on the workers' pipeline against the step."""
+    table = _load("pipeline_throughput").table
+    row = {"bundle": "b", "config": "c.json", "size": "demo", "switches": {}, "batch": 4, "num_workers": 2}
+    row |= {"pipeline": 40.0, "in_process": 400.0, "step": 50.0, "load": 1.0, "load_before": 1.0}
+    old = {k: v for k, v in row.items() if k != "in_process"} | {"config": "d.json"}
+    lines = table([row, old], goal=3.0).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    first, second = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
+    assert len(header) == len(first) == len(second) == len(lines[1].strip("|").split("|"))
+    assert (
+        first[header.index("one process (samples/s)")] == "400.0"
+        and second[header.index("one process (samples/s)")] == ""
+    )
+    assert first[header.index("ratio")] == "0.8x" and first[header.index("goal >= 3x")] == "**missed**"
