@@ -142,10 +142,15 @@ def test_record_file_and_failure_reason(tmp_path, files):
         assert failure_reason(exc) == "FileNotFoundError: missing.png (in LoadImaged)"
 
 
-def test_temporary_record_file_is_removed(files):
+def test_temporary_record_file_exists_only_after_a_bad_sample_and_is_removed(files):
+    """Catches: a record file made for every dataset (killed runs then leave one behind in the temporary folder
+    even without bad samples), or one that outlives its dataset."""
     ds = make(files)
     path = Path(ds.record_file)
-    assert path.exists()
+    assert not path.exists() and ds.bad_samples() == [] and "no bad samples" in ds.summary()
+    for index in range(len(ds)):
+        ds[index]
+    assert path.exists() and ds.bad_samples()
     del ds
     assert not path.exists()
 

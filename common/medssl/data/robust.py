@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import tempfile
+import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,8 +90,8 @@ class SkipBadSamplesDataset:
         skip_bad_samples: replace failing samples (True) or raise :class:`BadSampleError` (False).
         max_retries: consecutive replacements tried before giving up with :class:`BadSampleError`.
         path_keys: item keys whose values name the sample's files in logs and summaries.
-        record_file: JSON-lines file shared with DataLoader workers; default a temporary file removed with the
-            wrapper.
+        record_file: JSON-lines file shared with DataLoader workers; default a temporary file, made at the first bad
+            sample and removed with the wrapper.
         logger_name: logger for the per-sample warnings.
     """
 
@@ -108,9 +109,9 @@ class SkipBadSamplesDataset:
         self.max_retries = max_retries
         self.path_keys = tuple(path_keys)
         self.logger_name = logger_name
-        if record_file is None:
-            fd, record_file = tempfile.mkstemp(prefix="medssl_bad_samples_", suffix=".jsonl")
-            os.close(fd)
+        if record_file is None:  # created at the first bad sample, so a killed run without any leaves no file
+            name = f"medssl_bad_samples_{os.getpid()}_{uuid.uuid4().hex}.jsonl"
+            record_file = os.path.join(tempfile.gettempdir(), name)
             self._finalizer: weakref.finalize | None = weakref.finalize(
                 self, _remove_if_owner, record_file, os.getpid()
             )
