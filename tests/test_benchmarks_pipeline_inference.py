@@ -87,19 +87,28 @@ def test_inference_defaults_read_the_config_and_default_precision():
     assert defaults(ROOT / "bundles" / "medmae") == {"precision": "fp32"}
 
 
-def test_pipeline_table_shows_the_one_process_rate_beside_the_workers():
-    """Catches: the one-process rate dropped from the table, shifted into another column, or older rows without it
-    breaking the report; the verdict stays on the workers' pipeline against the step."""
+def test_pipeline_table_judges_the_steady_rate_and_shows_the_others_beside_it():
+    """Catches: the goal judged on the rate with a worker start-up per one-batch epoch (or on the one-process rate),
+    a rate shifted into another column, or a row's own measurement date dropped."""
     table = _load("pipeline_throughput").table
     row = {"bundle": "b", "config": "c.json", "size": "demo", "switches": {}, "batch": 4, "num_workers": 2}
-    row |= {"pipeline": 40.0, "in_process": 400.0, "step": 50.0, "load": 1.0, "load_before": 1.0}
-    old = {k: v for k, v in row.items() if k != "in_process"} | {"config": "d.json"}
-    lines = table([row, old], goal=3.0).splitlines()
+    row |= {"batches_per_epoch": 1, "pipeline": 40.0, "steady": 160.0, "in_process": 400.0, "step": 50.0}
+    row |= {"load": 1.0, "load_before": 1.0, "date": "2026-12-07 09:00"}
+    slow = row | {"config": "d.json", "steady": 140.0}
+    lines = table([row, slow], goal=3.0).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     first, second = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
     assert len(header) == len(first) == len(second) == len(lines[1].strip("|").split("|"))
-    assert (
-        first[header.index("one process (samples/s)")] == "400.0"
-        and second[header.index("one process (samples/s)")] == ""
-    )
-    assert first[header.index("ratio")] == "0.8x" and first[header.index("goal >= 3x")] == "**missed**"
+    cell = dict(zip(header, first))
+    assert cell["pipeline, sample epochs (samples/s)"] == "40.0" and cell["pipeline, steady (samples/s)"] == "160.0"
+    assert cell["one process (samples/s)"] == "400.0" and cell["batches / epoch"] == "1"
+    assert cell["ratio"] == "3.2x" and cell["goal >= 3x"] == "met" and cell["measured"] == "2026-12-07 09:00"
+    assert dict(zip(header, second))["goal >= 3x"] == "**missed**"
+
+
+def test_repeated_batches_make_one_long_epoch_of_the_samplers_batches():
+    """Catches: the steady rate measured on fewer batches than asked (one epoch of the sample data), or on batches
+    other than the config's sampler's."""
+    repeated = _load("pipeline_throughput").RepeatedBatches([[0, 1], [2, 3], [4]], num_batches=7)
+    assert len(repeated) == 7
+    assert list(repeated) == [[0, 1], [2, 3], [4], [0, 1], [2, 3], [4], [0, 1]]
