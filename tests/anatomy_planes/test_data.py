@@ -89,13 +89,32 @@ def test_augmented_pretext_targets_follow_the_image(datalists):
         first_random = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable))
         assert names.index("RelativeSliceLocationd") < first_random, config
     chain = parsed("pretrain.json", "train#preprocessing", **overrides)
+    transforms, names = chain.transforms, [type(t).__name__ for t in chain.transforms]
     item = load_datalist(datalists["pretrain"], "validation")[4]
     plain = parsed("pretrain.json", "validate#preprocessing", pixdim=2.0, spatial_size=[96, 96])(item)
     augmented = Compose(chain.transforms[: names.index("NormalizeIntensityd")]).set_random_state(0)(item)
-    relocated = transforms[names.index("RelativeSliceLocationd")](augmented)["location"]
+    stack = {"stack": item["stack"]}  # dropped once the target is made, to keep the cached item small
+    relocated = transforms[names.index("RelativeSliceLocationd")]({**augmented, **stack})["location"]
     assert float(relocated) == pytest.approx(float(plain["location"]))  # in-plane motion keeps the slice
     assert float(augmented["location"]) == pytest.approx(float(plain["location"]))
     assert not torch.allclose(augmented["heatmap"], plain["heatmap"], atol=0.1)  # the lines moved with the image
+
+
+def test_training_items_hold_the_targets_of_the_configs_tasks_only(datalists):
+    """Breaks if a location-only run still draws a heat-map for every slice (a third of its data time), if a task's
+    target goes missing, or if the slice stack (only needed to make the location target) stays in the cached item."""
+    item = load_datalist(datalists["pretrain"], "training")[0]
+    for config, tasks in (
+        ("pretrain.json", {"heatmap", "location"}),
+        ("pretrain_lines.json", {"heatmap"}),
+        ("pretrain_location.json", {"location"}),
+    ):
+        chain = parsed(config, "train#preprocessing", pixdim=2.0, spatial_size=[96, 96])
+        assert set(chain.set_random_state(0)(item)) == {"image", *tasks}, config
+        names = [type(t).__name__ for t in chain.transforms]
+        assert ("IntersectionHeatmapd" in names) == ("heatmap" in tasks), config
+        first_random = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable))
+        assert "stack" not in Compose(chain.transforms[:first_random])(item), config
 
 
 def test_inference_output_is_back_on_the_input_grid(datalists):
