@@ -5,7 +5,8 @@ colour overlays (:func:`monai.visualize.utils.blend_images`; one fixed colour pe
 panels, with a legend of class names), the prediction panel also outlining the label. Each row names the case (its
 image file), its Dice, the slice shown (for 3D the one with the most label foreground) and which patient directions
 point screen-right and screen-up (:func:`orientation_text`, from the image's affine); the figure states the display
-window (what the bundle's preprocessing did to the intensities, from the config).
+window (what the bundle's preprocessing did to the intensities, from the config). A preprocessing that drops the
+metadata keeps the case's file and orientation for it with :class:`CaseDescriptiond`.
 
 :class:`NamedTensorBoardImageHandler` is MONAI's ``TensorBoardImageHandler`` writing under the tags a config names
 (``restoration/corrupted`` instead of ``input_0_HW_0``), every image on the same fixed intensity range.
@@ -25,12 +26,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 from matplotlib.colors import ListedColormap, to_rgb  # noqa: E402
+from monai.config import KeysCollection  # noqa: E402
 from monai.handlers import TensorBoardImageHandler  # noqa: E402
+from monai.transforms import MapTransform  # noqa: E402
 
 from .handlers import _per_sample  # noqa: E402
 
 __all__ = [
     "CLASS_COLOURS",
+    "CaseDescriptiond",
     "NamedTensorBoardImageHandler",
     "SegmentationOverlaySaver",
     "case_dice",
@@ -135,6 +139,31 @@ def case_name(image: Any, meta: Mapping | None = None, depth: int = 1, default: 
     return "/".join(parts[-max(depth, 1) :])
 
 
+class CaseDescriptiond(MapTransform):
+    """Keep what a figure says about a case when the preprocessing then drops MONAI's metadata (``track_meta``
+    false, so that batches of pictures and volumes collate: their 3x3 and 4x4 affines do not).
+
+    Writes ``{key}_meta_dict`` = ``{"filename_or_obj": the image file, "orientation": orientation_text(affine)}``,
+    plain strings that collate into lists and decollate back; :class:`SegmentationOverlaySaver` reads them. Place it
+    after the last spatial transform, so that the orientation is that of the array shown.
+    """
+
+    def __init__(self, keys: KeysCollection, meta_key_postfix: str = "meta_dict", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.meta_key_postfix = meta_key_postfix
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", None) or {}
+            name = meta.get("filename_or_obj")
+            d[f"{key}_{self.meta_key_postfix}"] = {
+                "filename_or_obj": name if isinstance(name, str) else "",
+                "orientation": orientation_text(meta.get("affine"), meta.get("space", "RAS")),
+            }
+        return d
+
+
 def overlay_rgb(
     image: np.ndarray, classes: np.ndarray, colours: Sequence[str] = CLASS_COLOURS, alpha: float = 0.45
 ) -> np.ndarray:
@@ -232,7 +261,11 @@ class SegmentationOverlaySaver:
         """Keep the shown slice, the Dice and the titles of the epoch's first ``max_samples`` cases."""
         if engine.state.epoch % self.interval:
             return
-        for sample in self.output_transform(engine.state.output):
+        samples = self.output_transform(engine.state.output)
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else []
+        if len(batch) == len(samples):  # the input items' other keys, e.g. CaseDescriptiond's
+            samples = [{**item, **sample} for item, sample in zip(batch, samples)]
+        for sample in samples:
             self._seen += 1
             if len(self.rows) < self.max_samples:
                 self.rows.append(self.row(sample, default_name=f"case {self._seen}"))
@@ -273,7 +306,7 @@ class SegmentationOverlaySaver:
         meta = getattr(image, "meta", None) or sample.get(f"{self.image_key}_meta_dict") or {}
         title = (
             f"{case_name(image, meta, self.name_depth, default_name)}: {self.dice_text(dice)}\n"
-            f"{where}{orientation_text(meta.get('affine'), meta.get('space', 'RAS'))}"
+            f"{where}{meta.get('orientation') or orientation_text(meta.get('affine'), meta.get('space', 'RAS'))}"
         )
         return {"image": array, "label": label_map, "pred": pred_map, "dice": dice, "title": title}
 

@@ -29,6 +29,7 @@ from scripts.data import (
     RandSliced,
     Resize2D,
     Resize2Dd,
+    slice_preprocessing,
 )
 
 LOAD = LoadMedicalImage()
@@ -418,3 +419,32 @@ def test_classification_chain_and_skipping_in_one_dataset(samples_dir, tmp_path)
     assert [o["label"].tolist() for o in out] == [[1, 0, 1], [0, 1, 0], [0, 1, 0]]
     assert all(o["image"].shape == (1, 224, 224) for o in out)
     assert "broken.png" in dataset.summary() and "UnidentifiedImageError" in dataset.summary()
+
+
+def test_figures_name_the_case_and_its_orientation_though_validation_drops_the_metadata(samples_dir, tmp_path):
+    """Catches the overlay rows of a mixed picture + volume validation set named ``case 1``, ``case 2`` with the
+    orientation unknown (the preprocessing drops MONAI's metadata so that 2D and 3D affines collate)."""
+    from ignite.engine import Engine
+    from monai.data import decollate_batch, list_data_collate
+    from monai.transforms import Compose
+
+    from medssl.figures import SegmentationOverlaySaver
+
+    chain = Compose(slice_preprocessing(image_size=32, track_meta=False))
+    items = [
+        chain({"image": str(samples_dir / "ct" / "head_ct.nii.gz"), "modality": "CT"}),
+        chain({"image": str(samples_dir / "xray" / "chest_pa.png"), "modality": "XR"}),
+    ]
+    batch = decollate_batch(list_data_collate(items))
+    assert all(type(item["image"]) is torch.Tensor for item in batch), "plain tensors, as before"
+    saver = SegmentationOverlaySaver(str(tmp_path), window="0..1")
+    label = torch.zeros(2, 32, 32)
+    label[1, 10:20, 10:20] = 1
+    outputs = [{"image": item["image"], "label": label, "pred": label} for item in batch]  # as an evaluator's
+    engine = Engine(lambda e, b: outputs)
+    saver.attach(engine)
+    engine.run([batch])
+    ct, xray = (row["title"] for row in saver.rows)
+    assert ct.startswith("head_ct.nii.gz: ") and xray.startswith("chest_pa.png: "), (ct, xray)
+    assert "screen right = patient R, up = A (neurological)" in ct, ct  # axial slice of a RAS-stored volume
+    assert "orientation unknown" not in ct

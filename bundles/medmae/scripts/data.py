@@ -66,6 +66,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from medssl.crops import random_resized_box
 from medssl.data import SkipBadSamplesDataset
+from medssl.figures import CaseDescriptiond
 from medssl.transforms import NormalizeIntensity01
 
 __all__ = [
@@ -681,7 +682,8 @@ def slice_preprocessing(
         intensity_mean: subtracted after scaling to [0, 1].
         intensity_std: divisor after subtracting ``intensity_mean``.
         track_meta: keep metadata and every other item key (inference: ``Invertd``, ``SaveImaged``); ``False``
-            keeps only the image and label as plain tensors, so batches of different file types collate.
+            keeps only the image and label as plain tensors, so batches of different file types collate, and the
+            image's file and orientation as text for the figures (``image_meta_dict``, :class:`CaseDescriptiond`).
     """
     keys = [image_key] if label_key is None else [image_key, label_key]
     transforms: list[MapTransform] = [LoadMedicalImaged(image_key, hu_window=hu_window, percentiles=percentiles)]
@@ -694,8 +696,8 @@ def slice_preprocessing(
     ]
     if label_key is not None:
         transforms.append(AsDiscreted(label_key, threshold=0.5))
-    if not track_meta:
-        transforms.append(SelectItemsd(keys))
+    if not track_meta:  # the figures' case name and orientation kept as text
+        transforms += [CaseDescriptiond(image_key), SelectItemsd([*keys, f"{image_key}_meta_dict"])]
     transforms.append(EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta))
     return transforms
 
