@@ -14,8 +14,7 @@ sample data needs, chosen as ``benchmarks/training_steps.py`` chooses them for i
   2 cores costs about 0.1 s, more than their work (the demos run with ``num_workers: 0`` for that reason).
 - **pipeline, steady**: the same dataset, batches, collation and workers, the sampler's epochs one after the other
   in one loader epoch as long as the measurement: the rate once the workers run, as a data set of more than a few
-  batches sees it.
-  The goal is judged on it.
+  batches sees it. The goal is judged on it.
 - **one process**: the same dataset, batch sampler and collation drawn with ``num_workers`` 0: the work alone.
 - **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on one fixed
   prepared batch, so without data loading: median of ``--steps`` after ``--warmup`` steps.
