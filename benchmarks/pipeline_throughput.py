@@ -176,10 +176,10 @@ def long_epoch(loader, args):
 
 def measure(spec: dict, args) -> dict:
     """Build the config in this process; time its data loader, then its trainer's iteration on a fixed batch."""
-    from ignite.engine import Events
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
     from torch.utils.data import DataLoader
+    from training_steps import first_iteration
 
     from medssl.runner import copy_bundle, fill_placeholders
 
@@ -204,12 +204,7 @@ def measure(spec: dict, args) -> dict:
         )
         in_process = draw(one_process, args)[0] if loader.num_workers > 0 else pipeline
         steady = draw(long_epoch(loader, args), args)[0] if loader.num_workers > 0 else pipeline
-        try:
-            trainer._iteration(trainer, batch)
-        except RuntimeError:  # state made by handlers at the run's or epoch's start (DeepCluster-v2's k-means labels)
-            trainer.state.epoch, trainer.state.iteration, trainer.state.dataloader = 1, 0, loader
-            trainer._fire_event(Events.STARTED)
-            trainer._fire_event(Events.EPOCH_STARTED)
+        first_iteration(trainer, batch)
         times = []
         for i in range(args.warmup + args.steps):
             begin = time.perf_counter()

@@ -112,3 +112,22 @@ def test_repeated_batches_make_one_long_epoch_of_the_samplers_batches():
     repeated = _load("pipeline_throughput").RepeatedBatches([[0, 1], [2, 3], [4]], num_batches=7)
     assert len(repeated) == 7
     assert list(repeated) == [[0, 1], [2, 3], [4], [0, 1], [2, 3], [4], [0, 1]]
+
+
+def test_first_iteration_fires_the_run_start_handlers_a_trainer_needs():
+    """Catches: the speed benchmarks failing on a trainer whose step needs state made when the run starts (the
+    joint_clustering demo's DeepCluster-v2 stage, whose k-means labels are made at STARTED)."""
+    from ignite.engine import Engine, Events
+
+    class Trainer(Engine):
+        def __init__(self) -> None:
+            super().__init__(lambda engine, batch: None)
+            self.data_loader, self.labels = [[1.0]], None
+            self.add_event_handler(Events.STARTED, lambda engine: setattr(engine, "labels", [0]))
+
+        def _iteration(self, engine, batch):
+            if self.labels is None:
+                raise RuntimeError("no k-means labels yet")
+            return {"loss": batch[0]}
+
+    assert _load("training_steps").first_iteration(Trainer(), [2.0]) == {"loss": 2.0}
