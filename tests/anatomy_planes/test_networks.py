@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -141,3 +143,25 @@ def test_torchscript_export_of_the_segmentation_network():
     net = PlanesUNet(1, 4, features=TINY).eval()
     x = torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's inductor backend needs a C++ compiler")
+def test_network_compiles_with_inductor_to_the_eager_outputs_and_gradients():
+    """Catches MONAI UpCat's zero-width replicate pad back in the decoder: inductor's CPU backward fails on it, so
+    ``compile: true`` crashed every anatomy config (the inputs are checked divisible by 16, so no pad is needed)."""
+    torch.manual_seed(0)
+    net = PlanesPretextNet(1, ("heatmap", "location"), 2, TINY + (32, 64), location_hidden=8, location_dropout=0.0)
+    x = torch.randn(2, 1, 32, 32)
+
+    def run(model):
+        net.zero_grad()
+        out = model(x)
+        sum(v.square().mean() for v in out.values()).backward()
+        return out, [p.grad.clone() for p in net.parameters()]
+
+    compiled, compiled_grads = run(torch.compile(net))
+    eager, eager_grads = run(net)
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -70,8 +70,13 @@ class PlanesDecoder(nn.Module):
     def __init__(self, features: Sequence[int], act: str = "relu") -> None:
         super().__init__()
         rev = list(features)[::-1]
+        # inputs are checked divisible by 16, so no skip needs UpCat's padding, whose zero-width replicate pad
+        # breaks torch.compile's backward on CPU (PyTorch 2.13, inductor)
         self.blocks = nn.ModuleList(
-            [UpCat(2, cin, cout, cout, act, None, True, 0.0, upsample="deconv") for cin, cout in zip(rev[:-1], rev[1:])]
+            [
+                UpCat(2, cin, cout, cout, act, None, True, 0.0, upsample="deconv", is_pad=False)
+                for cin, cout in zip(rev[:-1], rev[1:])
+            ]
         )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
