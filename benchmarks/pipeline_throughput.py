@@ -152,12 +152,15 @@ class RepeatedBatches:
 
     def __iter__(self):
         drawn = 0
-        while True:
+        while drawn < self.num_batches:
+            before = drawn
             for batch in self.batch_sampler:
                 if drawn == self.num_batches:
                     return
                 yield batch
                 drawn += 1
+            if drawn == before:
+                raise ValueError("the config's batch sampler yields no batch")
 
 
 def long_epoch(loader, args):
