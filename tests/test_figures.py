@@ -276,3 +276,16 @@ def test_every_training_config_logs_the_learning_rate_and_no_unnamed_images():
                 missing.append(name)
     assert not missing, f"no LearningRateLogger on the trainer's optimizer: {missing}"
     assert not unnamed, f"TensorBoardImageHandler (unnamed tags) in {unnamed}: use NamedTensorBoardImageHandler"
+
+
+def test_overlay_saver_reads_no_more_outputs_once_its_rows_are_full():
+    """Catches a validation that still unpacks and merges every batch after the figure's rows are full."""
+    sample = {"image": torch.rand(1, 4, 4), "label": torch.zeros(1, 4, 4), "pred": torch.zeros(1, 4, 4)}
+    calls = []
+    saver = SegmentationOverlaySaver(
+        "unused", window="w", max_samples=2, output_transform=lambda output: calls.append(1) or output
+    )
+    engine = Engine(lambda e, batch: batch)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, saver.collect)
+    engine.run([[sample, sample]] * 3, max_epochs=1)
+    assert len(saver.rows) == 2 and len(calls) == 1

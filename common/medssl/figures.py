@@ -259,7 +259,7 @@ class SegmentationOverlaySaver:
 
     def collect(self, engine: Engine) -> None:
         """Keep the shown slice, the Dice and the titles of the epoch's first ``max_samples`` cases."""
-        if engine.state.epoch % self.interval:
+        if engine.state.epoch % self.interval or len(self.rows) >= self.max_samples:
             return
         samples = self.output_transform(engine.state.output)
         batch = engine.state.batch if isinstance(engine.state.batch, list) else []

@@ -1,19 +1,27 @@
 """Intensity normalisation shared by the bundles, for datalists that mix CT (HU) with other modalities, and
-:func:`meta_tracking` for augmentation chains whose output drops MONAI's metadata anyway."""
+:func:`meta_tracking` / :class:`MetaTracking` for augmentation chains whose output drops MONAI's metadata anyway."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import get_track_meta, set_track_meta
-from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, SqueezeDim, Transform
+from monai.transforms import (
+    MapTransform,
+    Randomizable,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    SqueezeDim,
+    Transform,
+)
 
 __all__ = [
+    "MetaTracking",
     "NormalizeByModalityd",
     "NormalizeIntensity01",
     "SqueezeSingletonSlice",
@@ -40,6 +48,33 @@ def meta_tracking(enabled: bool) -> Iterator[None]:
         yield
     finally:
         set_track_meta(previous)
+
+
+class MetaTracking(Randomizable, Transform):
+    """Run ``transform`` with MONAI's metadata tracking set to ``track_meta`` (:func:`meta_tracking`).
+
+    Off, a MetaTensor input is processed and returned as a plain tensor with the same values, at about half the cost
+    on small images; for transforms whose output metadata nothing reads. ``set_random_state`` passes its seed or
+    state to ``transform`` unchanged, so wrapping the transforms of a ``Compose`` one by one keeps their random
+    streams. The wrapper counts as random: a ``CacheDataset`` caches only the transforms before it.
+    """
+
+    def __init__(self, transform: Callable, track_meta: bool = False) -> None:
+        self.transform = transform
+        self.track_meta = track_meta
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> MetaTracking:
+        super().set_random_state(seed, state)
+        if isinstance(self.transform, Randomizable):
+            self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: object = None) -> None:
+        """Nothing to draw: ``transform`` draws its own parameters when called."""
+
+    def __call__(self, data: object) -> object:
+        with meta_tracking(self.track_meta):
+            return self.transform(data)
 
 
 def non_hounsfield_range(img: NdarrayOrTensor) -> tuple[float, float] | None:

@@ -14,6 +14,7 @@ from monai.transforms import Compose, Invertd, Randomizable
 
 from medssl.data import DataCheckError, assert_datalist_ok, load_datalist
 from medssl.geometry import PlaneGeometry, line_heatmap
+from medssl.transforms import MetaTracking
 from scripts.checks import check_geometry, check_series_labels
 from scripts.prepare import ACDC_CLASSES, build_sample_datalists, main, map_labels
 
@@ -30,6 +31,11 @@ def parsed(config: str, key: str, **overrides):
     parser.read_config(str(BUNDLE / "configs" / config))
     parser.update({"bundle_root": str(BUNDLE), **overrides})
     return parser.get_parsed_content(key)
+
+
+def name(transform) -> str:
+    """The class name of a transform, of the one inside for a :class:`MetaTracking` wrapper."""
+    return type(transform.transform if isinstance(transform, MetaTracking) else transform).__name__
 
 
 def test_aal_regions_map_to_the_four_acdc_proxy_classes():
@@ -85,11 +91,11 @@ def test_augmented_pretext_targets_follow_the_image(datalists):
     overrides = {"pixdim": 2.0, "spatial_size": [96, 96], "augment_prob": 1.0, "rotate_deg": 30.0}
     for config in ("pretrain.json", "pretrain_lines.json", "pretrain_location.json"):
         transforms = parsed(config, "train#preprocessing", **overrides).transforms
-        names = [type(t).__name__ for t in transforms]
+        names = [name(t) for t in transforms]
         first_random = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable))
         assert names.index("RelativeSliceLocationd") < first_random, config
     chain = parsed("pretrain.json", "train#preprocessing", **overrides)
-    transforms, names = chain.transforms, [type(t).__name__ for t in chain.transforms]
+    transforms, names = chain.transforms, [name(t) for t in chain.transforms]
     item = load_datalist(datalists["pretrain"], "validation")[4]
     plain = parsed("pretrain.json", "validate#preprocessing", pixdim=2.0, spatial_size=[96, 96])(item)
     augmented = Compose(chain.transforms[: names.index("NormalizeIntensityd")]).set_random_state(0)(item)
@@ -111,10 +117,32 @@ def test_training_items_hold_the_targets_of_the_configs_tasks_only(datalists):
     ):
         chain = parsed(config, "train#preprocessing", pixdim=2.0, spatial_size=[96, 96])
         assert set(chain.set_random_state(0)(item)) == {"image", *tasks}, config
-        names = [type(t).__name__ for t in chain.transforms]
+        names = [name(t) for t in chain.transforms]
         assert ("IntersectionHeatmapd" in names) == ("heatmap" in tasks), config
         first_random = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable))
         assert "stack" not in Compose(chain.transforms[:first_random])(item), config
+
+
+def test_location_only_items_are_augmented_without_metadata(datalists):
+    """A location-only run needs no geometry after its target is made: its cached slice is a plain tensor and the
+    augmentation runs without MONAI's metadata (half the data time per slice). Breaks if that changes a value or a
+    random draw, if the location chain tracks metadata again, or if a heat-map chain stops tracking it (the heat-map
+    is drawn from the augmented image's affine)."""
+    items = load_datalist(datalists["pretrain"], "training")[:3]
+    overrides = {"pixdim": 2.0, "spatial_size": [96, 96], "augment_prob": 1.0, "rotate_deg": 30.0}
+    fast = parsed("pretrain_location.json", "train#preprocessing", **overrides)
+    tracked = parsed("pretrain_location.json", "train#preprocessing", **overrides, **{"train#track_meta": True})
+    first_random = next(i for i, t in enumerate(fast.transforms) if isinstance(t, Randomizable))
+    assert type(Compose(fast.transforms[:first_random])(items[0])["image"]) is torch.Tensor  # what the cache keeps
+    assert isinstance(Compose(tracked.transforms[:first_random])(items[0])["image"], MetaTensor)
+    for seed, item in enumerate(items):
+        expected = tracked.set_random_state(seed)(item)
+        got = fast.set_random_state(seed)(item)
+        torch.testing.assert_close(got["image"], expected["image"])
+        torch.testing.assert_close(got["location"], expected["location"])
+    assert all(isinstance(t, MetaTracking) and not t.track_meta for t in fast.transforms[first_random:][:2])
+    for config in ("pretrain.json", "pretrain_lines.json"):
+        assert parsed(config, "train#track_meta") is True, config
 
 
 def test_inference_output_is_back_on_the_input_grid(datalists):
