@@ -15,6 +15,7 @@ from monai.transforms import RandFlipd
 from medssl.data import load_datalist
 from medssl.geometry import PlaneGeometry, write_dicom_series
 from medssl.metrics import SampleMeanLoss
+from medssl.transforms import MetaTracking
 from scripts.finetune import PrevalenceWeightedBCE
 from scripts.prepare import build_sample_datalists
 from scripts.sampling import SeriesBatchSampler
@@ -121,10 +122,11 @@ def test_knee_pretraining_preset_resolves_to_the_paper():
     batches = list(loader.batch_sampler)
     assert sorted(map(sorted, batches)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     chain = parsed(configs, "train#preprocessing")
-    affine = next(t for t in chain.transforms if type(t).__name__ == "RandAffined").rand_affine.rand_affine_grid
+    transforms = [t.transform if isinstance(t, MetaTracking) else t for t in chain.transforms]
+    affine = next(t for t in transforms if type(t).__name__ == "RandAffined").rand_affine.rand_affine_grid
     assert affine.rotate_range == pytest.approx((np.deg2rad(25),))  # uniform in +-25 degrees, +-25 px per axis
     assert affine.translate_range == (25, 25) and affine.scale_range == ([0.0, 0.0], [0.0, 0.0])
-    flip = next(t for t in chain.transforms if isinstance(t, RandFlipd))
+    flip = next(t for t in transforms if isinstance(t, RandFlipd))
     assert flip.prob == 0.5 and flip.flipper.spatial_axis == 0
     # the cardiac defaults stay the paper's
     assert parsed(["pretrain.json"], "optimizer", **tiny).defaults["weight_decay"] == 0.0
