@@ -11,6 +11,7 @@ config's ``dataset_registry`` adds the modality and body-part latents and may de
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
+from monai.data import MetaTensor, get_track_meta
 from monai.engines.utils import PrepareBatch
-from monai.transforms import Affine, Compose, MapTransform, Randomizable, Transform
+from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable, RandRotated, Transform
+from monai.transforms.utils import create_rotate, map_spatial_axes
+from monai.utils import get_equivalent_dtype
 
 from medssl.data import RobustDataset, check_datalist, load_datalist
 from medssl.transforms import meta_tracking
@@ -34,6 +39,8 @@ __all__ = [
     "TASK_TYPES",
     "DatalistSplit",
     "DatasetSpec",
+    "FastRandFlipd",
+    "FastRandRotated",
     "MedMNISTDataError",
     "MultiTaskDataset",
     "NpzSplit",
@@ -43,6 +50,7 @@ __all__ = [
     "SamplerEpochSetter",
     "TaskBatchSampler",
     "TaskPrepareBatch",
+    "centred_warp",
     "check_datasets",
     "dataset_for",
     "medmnist_info",
@@ -577,6 +585,110 @@ class TaskPrepareBatch(PrepareBatch):
 
 # ----------------------------------------------------------------------------------------------------------------
 # augmentation
+#
+# The views are 28-64 px images, on which MONAI's per-call machinery (metadata, lazy-resampling checks, building a
+# ``Rotate``/``Affine`` and its grid per call) costs 10-50x the arithmetic. The transforms below keep MONAI's random
+# draws and values but execute on plain tensors with single torch calls (bundle docs, "Data pipeline").
+
+
+def _plain(img: Any) -> torch.Tensor:
+    """``img`` as a plain tensor: a MetaTensor's data without its metadata, numpy arrays shared."""
+    return img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_coords(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``F.affine_grid``'s coordinates along an axis of ``n`` voxels (``align_corners=False``); never written to."""
+    return (torch.arange(n, dtype=dtype) * 2 + 1) / n - 1
+
+
+def _affine_grid(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``F.affine_grid(theta[None], (1, 1, *shape), align_corners=False)`` as a sum of broadcast terms: one
+    full-size operation instead of a batched matrix product (2x faster at 28^2 pixels, 4x at 28^3 voxels)."""
+    d = len(shape)
+    grid = theta[:, d]
+    for k, n in enumerate(reversed(shape)):  # grid coordinate k runs along spatial axis d - 1 - k
+        axis = [n if a == d - 1 - k else 1 for a in range(d)]
+        grid = grid + theta[:, k] * _grid_coords(n, theta.dtype).view(*axis, 1)
+    return grid[None]
+
+
+def centred_warp(
+    img: torch.Tensor,
+    matrix: np.ndarray,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Resample channel-first 2D/3D ``img`` at the same size with MONAI's ``Rotate``/``Affine`` convention: the
+    output voxel at ``u`` (voxel coordinates from the image centre) takes the input's value at ``matrix @ (u, 1)``
+    (``scipy.ndimage.affine_transform``'s "pull" direction), ``align_corners=False``. Computed in ``dtype``,
+    returned as float32.
+
+    Args:
+        img: ``(C, *spatial)`` tensor.
+        matrix: ``(d, d + 1)`` or ``(d + 1, d + 1)`` affine matrix, ``d`` spatial dimensions.
+        mode: ``grid_sample`` interpolation.
+        padding_mode: ``grid_sample`` padding.
+        dtype: computation type.
+    """
+    size = np.asarray(img.shape[1:], dtype=np.float64)
+    d = size.size
+    # grid_sample's coordinates are 2 u / size (align_corners False), its axes in reverse order (x = last axis)
+    theta = np.empty((d, d + 1))
+    theta[:, :d] = (matrix[:d, :d] * size / size[:, None])[::-1, ::-1]
+    theta[:, d] = (2.0 * matrix[:d, d] / size)[::-1]
+    out = F.grid_sample(
+        img.to(dtype)[None],
+        _affine_grid(torch.as_tensor(theta, dtype=dtype), img.shape[1:]),
+        mode=mode,
+        padding_mode=padding_mode,
+        align_corners=False,
+    )
+    return out[0].float()
+
+
+class FastRandFlipd(RandFlipd):
+    """MONAI's ``RandFlipd`` (same arguments, random draws and values) executed as one ``torch.flip`` when metadata
+    tracking is off and the call is not lazy; MONAI's own path otherwise. The output is a plain tensor."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        if get_track_meta() or (self.lazy if lazy is None else lazy):
+            return super().__call__(data, lazy)
+        d = dict(data)
+        self.randomize(None)
+        for key in self.key_iterator(d):
+            img = _plain(d[key])
+            d[key] = (
+                torch.flip(img, map_spatial_axes(img.ndim, self.flipper.spatial_axis)) if self._do_transform else img
+            )
+        return d
+
+
+class FastRandRotated(RandRotated):
+    """MONAI's ``RandRotated`` (same arguments, random draws and values) executed with :func:`centred_warp` when
+    metadata tracking is off, the call is not lazy, ``keep_size`` is true and ``align_corners`` false; MONAI's own
+    path otherwise. The output is a plain float32 tensor."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        lazy_ = self.lazy if lazy is None else lazy
+        if get_track_meta() or lazy_ or not self.rand_rotate.keep_size or any(self.align_corners):
+            return super().__call__(data, lazy)
+        d = dict(data)
+        self.randomize(None)
+        self.rand_rotate.randomize()
+        rotate = self.rand_rotate
+        for key, mode, padding_mode, dtype in self.key_iterator(d, self.mode, self.padding_mode, self.dtype):
+            img = _plain(d[key])
+            if self._do_transform:
+                angle = rotate.x if img.ndim == 3 else (rotate.x, rotate.y, rotate.z)
+                matrix = create_rotate(img.ndim - 1, angle)
+                d[key] = centred_warp(
+                    img, matrix, mode, padding_mode, get_equivalent_dtype(dtype or img.dtype, torch.Tensor)
+                )
+            else:
+                d[key] = img.float()
+        return d
 
 
 class RandAugment(Randomizable, Transform):
@@ -620,18 +732,25 @@ class RandAugment(Randomizable, Transform):
         return img.clamp(0.0, 1.0)
 
     @staticmethod
-    def _apply(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
-        size = img.shape[1:]
-        geometric = {
-            "rotate": {"rotate_params": math.radians(30.0 * m)},
-            "shear_x": {"shear_params": (0.3 * m, 0.0)},
-            "shear_y": {"shear_params": (0.0, 0.3 * m)},
-            "translate_x": {"translate_params": (0.45 * m * size[0], 0.0)},
-            "translate_y": {"translate_params": (0.0, 0.45 * m * size[1])},
-        }
-        if name in geometric:
-            out, _ = Affine(**geometric[name], padding_mode="zeros", image_only=False)(img)
-            return torch.as_tensor(out)
+    def _matrix(name: str, m: float, size: Sequence[int]) -> np.ndarray | None:
+        """The ``(2, 3)`` matrix of a geometric operation (as MONAI ``Affine``'s ``rotate_params``, ``shear_params``,
+        ``translate_params``), None for the others."""
+        if name == "rotate":
+            return create_rotate(2, math.radians(30.0 * m))[:2]
+        shear, shift = 0.3 * m, 0.45 * m
+        rows = {
+            "shear_x": ((1.0, shear, 0.0), (0.0, 1.0, 0.0)),
+            "shear_y": ((1.0, 0.0, 0.0), (shear, 1.0, 0.0)),
+            "translate_x": ((1.0, 0.0, shift * size[0]), (0.0, 1.0, 0.0)),
+            "translate_y": ((1.0, 0.0, 0.0), (0.0, 1.0, shift * size[1])),
+        }.get(name)
+        return None if rows is None else np.array(rows)
+
+    @classmethod
+    def _apply(cls, img: torch.Tensor, name: str, m: float) -> torch.Tensor:
+        matrix = cls._matrix(name, m, img.shape[1:])
+        if matrix is not None:
+            return centred_warp(img, matrix)
         if name == "brightness":
             return img * (1.0 + 0.9 * m)
         if name == "contrast":
