@@ -157,6 +157,10 @@ def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
     with pytest.raises(ValueError, match="slice_items"):
         select({"image": vols["vol2.nii.gz"]})
     assert select({"image": torch.rand(1, 4, 4, 1)})["image"].shape == (1, 4, 4)
+    volume = vols["vol1.nii.gz"]
+    sliced = select({"image": volume, "slice": 2})["image"]
+    assert torch.equal(sliced, volume[..., 2]) and sliced.is_contiguous(), "a copy, not a strided view"
+    assert sliced.untyped_storage().data_ptr() != volume.untyped_storage().data_ptr(), "the cache keeps the slice only"
 
 
 def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():
@@ -208,16 +212,22 @@ def _parsed(config: str, id: str, **overrides):
 def test_stage1_views_are_swav_random_resized_crops_with_colour_strength_08():
     """Breaks if the crop draws its sides independently (aspect up to 2.7:1), the brightness jitter is not 0.8, or
     contrast is a gamma instead of a contrast factor (a blend with the mean, as torchvision's ColorJitter)."""
+    from scripts.data import RandMultiCropView
+
     view = _parsed("pretrain_stage1.json", "global_view")
-    names = [type(t).__name__ for t in view.transforms]
-    assert names[:2] == ["RandAreaRatioCrop", "Resize"] and "RandAdjustContrast" not in names
-    crop = view.transforms[0].set_random_state(0)
+    local = _parsed("pretrain_stage1.json", "train#preprocessing#transforms#3#transform")
+    assert isinstance(view, RandMultiCropView) and isinstance(local, RandMultiCropView)
+    assert view.spatial_size == (224, 224) and local.spatial_size == (96, 96)
+    assert view.crop.scale == (0.14, 1.0) and local.crop.scale == (0.05, 0.14)
+    for v in (view, local):
+        assert (v.flip.prob, v.brightness.prob, v.contrast.prob, v.blur.prob) == (0.5, 0.8, 0.8, 0.5)
+        assert v.blur.sigma_x == v.blur.sigma_y == (0.1, 2.0)
+    crop = view.crop.set_random_state(0)
     image = torch.rand(1, 200, 200)
     ratios = [(lambda c: c.shape[1] / c.shape[2])(crop(image)) for _ in range(500)]
     assert min(ratios) >= 0.75 - 0.02 and max(ratios) <= 4 / 3 + 0.02
-    brightness = view.transforms[names.index("RandScaleIntensity")]
-    assert tuple(brightness.factors) == (-0.8, 0.8)
-    contrast = view.transforms[names.index("RandScaleIntensityFixedMean")]
+    assert tuple(view.brightness.factors) == (-0.8, 0.8)
+    contrast = view.contrast
     assert tuple(contrast.factors) == (-0.8, 0.8) and contrast.fixed_mean
     contrast.prob = 1.0
     contrast.set_random_state(1)
@@ -225,6 +235,118 @@ def test_stage1_views_are_swav_random_resized_crops_with_colour_strength_08():
     factor = float(out.std() / image.std())
     assert 0.2 <= factor <= 1.8 and math.isclose(float(out.mean()), float(image.mean()), abs_tol=1e-5)
     torch.testing.assert_close(out, (image - image.mean()) * factor + image.mean(), atol=1e-5, rtol=1e-4)
+
+
+def _monai_view(size, scale, blur_prob: float = 0.5) -> Compose:
+    """Stage 1's former view: the MONAI chain that :class:`scripts.data.RandMultiCropView` executes."""
+    from monai.transforms import RandGaussianSmooth, RandScaleIntensity, RandScaleIntensityFixedMean
+
+    from medssl.crops import RandAreaRatioCrop
+
+    return Compose(
+        [
+            RandAreaRatioCrop(scale, (3 / 4, 4 / 3)),
+            Resize(size, mode="bilinear", anti_aliasing=False),
+            RandFlip(prob=0.5, spatial_axis=1),
+            RandScaleIntensity(factors=0.8, prob=0.8),
+            RandScaleIntensityFixedMean(prob=0.8, factors=0.8, fixed_mean=True),
+            RandGaussianSmooth(sigma_x=(0.1, 2.0), sigma_y=(0.1, 2.0), prob=blur_prob),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "size, scale, shape, blur_prob",
+    [
+        ((64, 64), (0.14, 1.0), (1, 256, 256), 0.5),  # demo global views
+        ((32, 32), (0.05, 0.14), (1, 197, 233), 0.5),  # demo local views
+        ((24, 40), (0.05, 1.0), (2, 120, 90), 1.0),  # non-square, two channels, always blurred (sigma up to 2)
+        ((8, 8), (0.05, 0.14), (1, 96, 96), 1.0),  # blur kernel (17 taps) wider than the view
+    ],
+)
+def test_multi_crop_view_equals_the_monai_chain(size, scale, shape, blur_prob):
+    """The same seed gives the MONAI chain's draws (crop box, flip, factors, sigmas) and its values bit for bit,
+    applied and skipped. Breaks on a change of the draws, their order or the seeding, a different kernel, padding,
+    flip axis, intensity formula or interpolation, or a float rounding apart (the demo's short DeepCluster-v2 run
+    turns 1e-7 differences in its views into a different result)."""
+    from medssl.transforms import meta_tracking
+    from scripts.data import RandMultiCropView
+
+    image = MetaTensor(torch.rand(*shape) * 2 - 0.5)
+    applied = {name: set() for name in ("flip", "brightness", "contrast", "blur")}
+    for seed in range(6):
+        chain = _monai_view(size, scale, blur_prob).set_random_state(seed)
+        fast = RandMultiCropView(size, scale, blur_prob=blur_prob).set_random_state(seed)
+        for _ in range(8):
+            with meta_tracking(False):
+                expected = chain(image)
+            out = fast(image)
+            assert fast.crop.box == chain.transforms[0].box
+            for name in applied:
+                applied[name].add(getattr(fast, name)._do_transform)
+            if fast.blur._do_transform:
+                assert (fast.blur.x, fast.blur.y) == (chain.transforms[5].x, chain.transforms[5].y)
+            assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (shape[0], *size)
+            assert torch.equal(out, torch.as_tensor(expected))
+    assert all(flags == {True, False} for name, flags in applied.items() if name != "blur" or blur_prob < 1)
+
+
+def test_multi_crop_view_without_resize_returns_a_copy():
+    """A crop of the view's size is not resized (as MONAI's ``Resize``); the view must still not be the input's
+    memory (stage 1 hands it the uncopied cached image). Breaks if that path returns a view of the input."""
+    from scripts.data import RandMultiCropView
+
+    image = MetaTensor(torch.rand(1, 32, 32))
+    before = image.clone()
+    view = RandMultiCropView((32, 32), (1.0, 1.0), (1.0, 1.0), flip_prob=0.0, color_jitter_prob=0.0, blur_prob=0.0)
+    out = view.set_random_state(0)(image)
+    assert out.untyped_storage().data_ptr() != image.untyped_storage().data_ptr()
+    torch.testing.assert_close(out, image.as_tensor())
+    out.mul_(0.0)
+    assert torch.equal(image, before)
+
+
+def test_multi_crop_view_seeding_reaches_every_step():
+    """MONAI's DataLoader seeds the dataset's transforms through ``set_random_state`` and ``ResumableCheckpoint``
+    saves the generators it finds by walking the transforms: both must reach the crop, flip, brightness, contrast and
+    blur of each view. Breaks if a step keeps a generator that neither seeds nor saves."""
+    from monai.data.utils import set_rnd
+
+    from medssl.resume import transform_random_states
+    from scripts.data import RandMultiCropView, RandMultiViewd
+
+    image = torch.rand(1, 64, 64)
+
+    def views(seed: int) -> RandMultiViewd:
+        out = RandMultiViewd("image", RandMultiCropView((16, 16), (0.14, 1.0)), num_views=6)
+        set_rnd(Compose([out]), seed)
+        return out
+
+    first = views(3)({"image": image})["image"]
+    torch.testing.assert_close(views(3)({"image": image})["image"], first)
+    assert not torch.allclose(views(4)({"image": image})["image"], first)
+
+    view = views(3).transform
+    steps = [view.crop, view.flip, view.brightness, view.contrast, view.blur]
+    states = transform_random_states(view)
+    assert all(any(s is step.R for s in states) for step in steps)
+    saved = [s.get_state() for s in states]
+    expected = view(image)
+    for state, value in zip(states, saved):
+        state.set_state(value)
+    torch.testing.assert_close(view(image), expected)
+
+
+def test_gaussian_kernel_is_monai_gaussian_1d_bit_for_bit():
+    """The blur kernel equals MONAI's ``gaussian_1d`` (erf) exactly, at the tail-length boundaries too. Breaks on a
+    different tail, normalisation or float arithmetic (the demo's short DeepCluster-v2 run amplifies even 1e-7)."""
+    from monai.networks.layers.convutils import gaussian_1d
+
+    from scripts.data import gaussian_kernel
+
+    sigmas = [0.1, 0.125, 0.375, 0.6, 1.125, 1.375, 1.875, 2.0, *np.random.RandomState(0).uniform(0.1, 2.0, 2000)]
+    for sigma in sigmas:
+        assert torch.equal(gaussian_kernel(sigma), gaussian_1d(torch.tensor(sigma, dtype=torch.float32))), sigma
 
 
 def test_stage3_flip_reverses_slice_order_bias_is_symmetric_and_gamma_log_uniform():

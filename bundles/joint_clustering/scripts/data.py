@@ -15,17 +15,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+import torch.nn.functional as F
+from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
 from monai.transforms import (
     MapTransform,
     RandAdjustContrast,
     RandAdjustContrastd,
+    RandFlip,
+    RandGaussianSmooth,
     Randomizable,
     RandomizableTransform,
+    RandScaleIntensity,
+    RandScaleIntensityFixedMean,
+    Transform,
 )
+from monai.utils import MAX_SEED
 
+from medssl.crops import RandAreaRatioCrop
 from medssl.transforms import meta_tracking
 
 __all__ = [
@@ -33,10 +41,12 @@ __all__ = [
     "IndexedPrepareBatch",
     "RandLogGamma",
     "RandLogGammad",
+    "RandMultiCropView",
     "RandMultiViewd",
     "RandSliced",
     "SelectSliced",
     "foreground_slices",
+    "gaussian_kernel",
     "select_dims",
     "slice_items",
     "with_index",
@@ -151,7 +161,9 @@ class SelectSliced(MapTransform):
             index = int(d[self.slice_key])
             if not 0 <= index < image.shape[-1]:
                 raise IndexError(f"slice {index} of a volume of {image.shape[-1]} slices.")
-            d[key] = image[..., index]
+            # a copy, not a view: a cached view would keep the whole volume alive, and crops of a slice strided by
+            # the slice count read memory several times slower than crops of a contiguous one
+            d[key] = image[..., index].contiguous()
         return d
 
 
@@ -222,10 +234,109 @@ class RandSliced(Randomizable, MapTransform):
         return d
 
 
+class RandMultiCropView(Randomizable, Transform):
+    """One SwAV multi-crop view of a channel-first 2D image ``(C, H, W)``, as MONAI's chain ``RandAreaRatioCrop``,
+    ``Resize`` (bilinear, no anti-aliasing), ``RandFlip`` (second spatial axis), ``RandScaleIntensity`` (brightness),
+    ``RandScaleIntensityFixedMean`` (contrast), ``RandGaussianSmooth`` would make it, in a few direct torch ops.
+
+    The random draws are the chain's: each step is the MONAI transform (its ``randomize`` and its own generator,
+    seeded as ``Compose`` seeds them), and the values equal the chain's bit for bit (tested). Only the execution
+    is replaced: on 32-64 pixel views the chain spends most of its time in per-transform dispatch and
+    metadata handling, and ``RandGaussianSmooth`` builds its kernels and filter on every call (see the bundle's
+    "Data pipeline"). The input is never modified nor returned, so it may be an uncopied cached image.
+
+    Args:
+        spatial_size: size of the view.
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop aspect ratio (log-uniform).
+        flip_prob: probability of the flip.
+        brightness: brightness factor range ``(-brightness, brightness)`` of ``v * (1 + factor)``.
+        contrast: contrast factor range, the same around the image mean.
+        color_jitter_prob: probability of the brightness and, independently, of the contrast change.
+        blur_prob: probability of the Gaussian blur.
+        blur_sigma: range of the blur's sigma, drawn per spatial axis.
+    """
+
+    def __init__(
+        self,
+        spatial_size: Sequence[int],
+        scale: Sequence[float],
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+        brightness: float = 0.8,
+        contrast: float = 0.8,
+        color_jitter_prob: float = 0.8,
+        blur_prob: float = 0.5,
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+    ) -> None:
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.crop = RandAreaRatioCrop(scale, ratio)
+        self.flip = RandFlip(prob=flip_prob, spatial_axis=1)
+        self.brightness = RandScaleIntensity(factors=brightness, prob=color_jitter_prob)
+        self.contrast = RandScaleIntensityFixedMean(prob=color_jitter_prob, factors=contrast, fixed_mean=True)
+        sigma = tuple(float(s) for s in blur_sigma)
+        self.blur = RandGaussianSmooth(sigma_x=sigma, sigma_y=sigma, prob=blur_prob)
+
+    def _steps(self) -> tuple[Randomizable, ...]:
+        return self.crop, self.flip, self.brightness, self.contrast, self.blur
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        for step in self._steps():  # as Compose: one seed per step, drawn from this generator
+            step.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def randomize(self, spatial_shape: Sequence[int]) -> None:
+        self.crop.randomize(spatial_shape)
+        for step in self._steps()[1:]:
+            step.randomize(None)
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> torch.Tensor:
+        # a plain-tensor view: MetaTensor operations cost more than the arithmetic on these sizes
+        x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+        if x.ndim != 3:
+            raise ValueError(f"RandMultiCropView expects a channel-first 2D image, got shape {tuple(x.shape)}.")
+        if randomize or self.crop.box is None:
+            self.randomize(x.shape[1:])
+        (x0, y0), (x1, y1) = self.crop.box
+        x = x[:, None, x0:x1, y0:y1].to(torch.float32)  # channels as the batch: (C, 1, H, W)
+        if tuple(x.shape[2:]) == self.spatial_size:
+            x = x.clone()  # Resize leaves it as it is; the view must not share the input's memory
+        else:
+            x = F.interpolate(x, size=self.spatial_size, mode="bilinear", align_corners=False)
+        if self.flip._do_transform:
+            x = torch.flip(x, (3,))
+        if self.brightness._do_transform:
+            x = x * (1 + self.brightness.factor)
+        if self.contrast._do_transform:
+            mean = x.mean()
+            x = (x - mean) * (1 + self.contrast.factor) + mean
+        if self.blur._do_transform:
+            # MONAI's separable GaussianFilter: zero padding, the first spatial axis then the second
+            for axis, sigma in ((2, self.blur.x), (3, self.blur.y)):
+                kernel = gaussian_kernel(sigma)
+                shape, padding = [1, 1, 1, 1], [0, 0]
+                shape[axis], padding[axis - 2] = -1, (len(kernel) - 1) // 2
+                x = F.conv2d(x, kernel.view(shape), padding=padding)
+        return x[:, 0]
+
+
+def gaussian_kernel(sigma: float, truncated: float = 4.0) -> torch.Tensor:
+    """MONAI's ``gaussian_1d(sigma, truncated, approx="erf")``, bit for bit (tested): the same float32 arithmetic,
+    done in numpy around torch's ``erf``, in under half the time of its dozen tensor operations on a few values."""
+    sigma32 = np.float32(sigma)
+    tail = int(max(float(sigma32) * truncated, 0.5) + 0.5)
+    x = np.arange(-tail, tail + 1, dtype=np.float32)
+    t = (np.float32(1) / np.abs(sigma32)) * np.float32(0.70710678)  # MONAI's 0.70710678 / |sigma| in float32
+    upper = torch.from_numpy(t * (x + np.float32(0.5))).erf().numpy()
+    lower = torch.from_numpy(t * (x - np.float32(0.5))).erf().numpy()
+    return torch.from_numpy(np.maximum(np.float32(0.5) * (upper - lower), np.float32(0)))
+
+
 class RandMultiViewd(Randomizable, MapTransform):
     """Stack ``num_views`` independently augmented copies of an image: ``(1, *S)`` to ``(num_views, *S')``.
 
-    ``transform`` (an array transform, e.g. a ``Compose`` of ``RandAreaRatioCrop``, ``Resize``, ``RandFlip``...) is
+    ``transform`` (an array transform, e.g. :class:`RandMultiCropView` or a ``Compose`` of MONAI transforms) is
     applied to the image ``num_views`` times; its random state advances between calls, so the views differ. The
     result goes to ``output_key`` (default: replaces ``keys``). SwAV's multi-crop uses two of them: global crops
     under ``image``, local crops under ``local_crops``; stage 3 uses one for the two views of a volume. The views
