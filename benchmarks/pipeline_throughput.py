@@ -17,7 +17,8 @@ sample data needs, chosen as ``benchmarks/training_steps.py`` chooses them for i
   batches sees it. The goal is judged on it.
 - **one process**: the same dataset, batch sampler and collation drawn with ``num_workers`` 0: the work alone.
 - **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on one fixed
-  prepared batch, so without data loading: median of ``--steps`` after ``--warmup`` steps.
+  prepared batch, so without data loading: median of at least ``--steps`` steps and ``--min-seconds`` of them (200
+  at most) after ``--warmup``.
 
 The goal is steady pipeline >= 3x step (``--goal``): then the step does not wait for data even when the workers
 share the cores with it. Each config runs in its own child process; the table goes to the "Data pipeline against
@@ -50,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Data pipeline against the training step"
 STORE = "benchmarks_pipeline.json"
+UNBOUNDED = 10**9  # batches of the steady measurement's one epoch: more than any measurement draws
+MAX_STEPS = 200  # timed training steps at most
 # demo overrides left out: the benchmark measures the config's own workers and cache defaults
 DEMO_ONLY = ("num_workers", "train#dataset#cache", "validate#dataset#cache")
 # demo overrides of the demo's config that another config of the bundle does not take
@@ -123,11 +126,14 @@ def draw(loader, args) -> tuple[float, object]:
     """Samples/s drawn through ``loader`` after ``args.warmup_batches``, and the last batch. When an epoch ends a new
     iterator starts: its workers' start-up is part of the loader's cost."""
     iterator, samples, batches, start = iter(loader), 0, 0, None
-    while batches < args.warmup_batches + args.batches:
+    while True:
         if batches == args.warmup_batches:
             start = time.perf_counter()
-        elif batches > args.warmup_batches + 2 and time.perf_counter() - start > args.max_seconds:
-            break
+        elif batches > args.warmup_batches:
+            elapsed = time.perf_counter() - start
+            timed = batches - args.warmup_batches
+            if (timed >= args.batches and elapsed >= args.min_seconds) or (timed > 2 and elapsed > args.max_seconds):
+                break
         try:
             batch = next(iterator)
         except StopIteration:
@@ -170,7 +176,7 @@ def long_epoch(loader, args):
 
     return DataLoader(
         loader.dataset,
-        batch_sampler=RepeatedBatches(loader.batch_sampler, args.warmup_batches + args.batches + 1),
+        batch_sampler=RepeatedBatches(loader.batch_sampler, UNBOUNDED),  # the measurement stops drawing
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         worker_init_fn=loader.worker_init_fn,
@@ -208,13 +214,14 @@ def measure(spec: dict, args) -> dict:
         in_process = draw(one_process, args)[0] if loader.num_workers > 0 else pipeline
         steady = draw(long_epoch(loader, args), args)[0] if loader.num_workers > 0 else pipeline
         first_iteration(trainer, batch)
-        times = []
-        for i in range(args.warmup + args.steps):
+        for _ in range(args.warmup):
+            trainer._iteration(trainer, batch)
+        times: list[float] = []
+        while len(times) < args.steps or (sum(times) < args.min_seconds and len(times) < MAX_STEPS):
             begin = time.perf_counter()
             trainer._iteration(trainer, batch)
             sync(args.device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - begin)
+            times.append(time.perf_counter() - begin)
         step = sorted(times)[len(times) // 2]
     return {
         "batch": batch_size(batch),
@@ -232,6 +239,7 @@ def run_child(spec: dict, args) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--device", args.device]
     cmd += ["--batches", str(args.batches), "--warmup-batches", str(args.warmup_batches)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--max-seconds", str(args.max_seconds)]
+    cmd += ["--min-seconds", str(args.min_seconds)]
     load = os.getloadavg()[0]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
@@ -285,14 +293,16 @@ def section(rows: list[dict], args) -> str:
             f"paper's network and input sizes) at batch {args.paper_batch}; both with the config's own `num_workers`",
             "and dataset settings. batches / epoch: of the config's loader on the sample data (2-14 volumes or",
             "36-504 slices). pipeline, sample epochs: samples/s through the config's train data loader"
-            f" ({args.batches} batches, or as many as {args.max_seconds:g} s take, after {args.warmup_batches}), a new",
+            f" (at least {args.batches} batches and {args.min_seconds:g} s, at most {args.max_seconds:g} s, after"
+            f" {args.warmup_batches}), a new",
             "epoch, and so new workers, whenever one ends: with epochs of one to a few batches that start-up (about",
             "0.1 s for two workers on 2 cores) costs more than the work; the demos run with `num_workers` 0 for that.",
             "pipeline, steady: the same dataset, batches, collation and workers, the sampler's epochs one after the",
             "other in one loader epoch as long as the measurement: what more than a few batches per epoch get.",
             "one process: the same dataset, batches and collation drawn with `num_workers` 0.",
             "step: samples/s of the trainer's iteration on one fixed batch"
-            f" (median of {args.steps} after {args.warmup}), so without data loading; ratio = steady / step.",
+            f" (median of at least {args.steps} steps and {args.min_seconds:g} s of them, after {args.warmup}), so"
+            " without data loading; ratio = steady / step.",
             "load: the 1-minute load average before / at the end of the measurement (other processes share the",
             "cores). `switches`: settings other than the config's defaults.",
             "",
@@ -330,6 +340,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup-batches", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=3, help="time batches and steps for at least this")
     parser.add_argument("--max-seconds", type=float, default=60, help="stop timing batches after this (>= 3 batches)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)

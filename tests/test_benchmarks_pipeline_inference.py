@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -131,3 +132,22 @@ def test_first_iteration_fires_the_run_start_handlers_a_trainer_needs():
             return {"loss": batch[0]}
 
     assert _load("training_steps").first_iteration(Trainer(), [2.0]) == {"loss": 2.0}
+
+
+def test_draw_times_at_least_the_minimum_seconds_across_epochs():
+    """Catches a measurement that stops after its few batches (a 20-batch demo draw takes 0.3 s: noise) or that
+    stops when the sampler's epoch ends."""
+    from types import SimpleNamespace
+
+    drawn = []
+
+    class Epochs:  # a loader of 2-batch epochs, counting batches
+        def __iter__(self):
+            for batch in (torch.zeros(2), torch.zeros(1)):
+                drawn.append(batch)
+                yield batch
+
+    args = SimpleNamespace(warmup_batches=1, batches=2, min_seconds=0.05, max_seconds=60)
+    start = time.perf_counter()
+    rate, _ = _load("pipeline_throughput").draw(Epochs(), args)
+    assert time.perf_counter() - start >= 0.05 and len(drawn) > 3 and rate > 0
