@@ -16,9 +16,10 @@ sample data needs, chosen as ``benchmarks/training_steps.py`` chooses them for i
   in one loader epoch as long as the measurement: the rate once the workers run, as a data set of more than a few
   batches sees it. The goal is judged on it.
 - **one process**: the same dataset, batch sampler and collation drawn with ``num_workers`` 0: the work alone.
-- **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on one fixed
-  prepared batch, so without data loading: median of at least ``--steps`` steps and ``--min-seconds`` of them (200
-  at most) after ``--warmup``.
+- **step**: samples/s of the trainer's own iteration (forward, loss, backward, optimiser step) on prepared batches,
+  so without data loading: an epoch's worth of the loader's batches in turn (a config that mixes datasets makes
+  steps of different cost), at least ``--steps`` steps and ``--min-seconds`` of them (200 at most) after
+  ``--warmup``; total samples over total time.
 
 The goal is steady pipeline >= 3x step (``--goal``): then the step does not wait for data even when the workers
 share the cores with it. Each config runs in its own child process; the table goes to the "Data pipeline against
@@ -38,6 +39,7 @@ EPOCH_STARTED handlers once.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -122,10 +124,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def draw(loader, args) -> tuple[float, object]:
-    """Samples/s drawn through ``loader`` after ``args.warmup_batches``, and the last batch. When an epoch ends a new
-    iterator starts: its workers' start-up is part of the loader's cost."""
-    iterator, samples, batches, start = iter(loader), 0, 0, None
+def draw(loader, args, keep: int = 1) -> tuple[float, list]:
+    """Samples/s drawn through ``loader`` after ``args.warmup_batches``, and the last ``keep`` batches. When an epoch
+    ends a new iterator starts: its workers' start-up is part of the loader's cost."""
+    iterator, samples, batches, start, kept = iter(loader), 0, 0, None, collections.deque(maxlen=keep)
     while True:
         if batches == args.warmup_batches:
             start = time.perf_counter()
@@ -141,10 +143,32 @@ def draw(loader, args) -> tuple[float, object]:
             continue
         if batches >= args.warmup_batches:
             samples += batch_size(batch)
+        kept.append(batch)
         batches += 1
     rate = samples / (time.perf_counter() - start)
     del iterator  # stop the workers
-    return rate, batch
+    return rate, list(kept)
+
+
+def step_rate(trainer, batches: list, args) -> float:
+    """Samples/s of the trainer's iteration cycling over ``batches`` (an epoch's worth: a config that mixes datasets
+    makes steps of different cost, e.g. Medformer's 2D and 3D batches), after ``args.warmup`` iterations: at least
+    ``args.steps`` steps and ``args.min_seconds`` of them (``MAX_STEPS`` at most), total samples over total time."""
+    from training_steps import first_iteration
+
+    first_iteration(trainer, batches[0])
+    for i in range(args.warmup):
+        trainer._iteration(trainer, batches[i % len(batches)])
+    samples, elapsed, steps = 0, 0.0, 0
+    while steps < args.steps or (elapsed < args.min_seconds and steps < MAX_STEPS):
+        batch = batches[steps % len(batches)]
+        begin = time.perf_counter()
+        trainer._iteration(trainer, batch)
+        sync(args.device)
+        elapsed += time.perf_counter() - begin
+        samples += batch_size(batch)
+        steps += 1
+    return samples / elapsed
 
 
 class RepeatedBatches:
@@ -188,7 +212,6 @@ def measure(spec: dict, args) -> dict:
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
     from torch.utils.data import DataLoader
-    from training_steps import first_iteration
 
     from medssl.runner import copy_bundle, fill_placeholders
 
@@ -207,30 +230,22 @@ def measure(spec: dict, args) -> dict:
                     parser.get_parsed_content(f"{section}#{i}")
         trainer = parser.get_parsed_content("train#trainer")
         loader = trainer.data_loader
-        pipeline, batch = draw(loader, args)
+        epoch = len(loader)
+        pipeline, batches = draw(loader, args, keep=epoch)
         one_process = DataLoader(
             loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn, num_workers=0
         )
         in_process = draw(one_process, args)[0] if loader.num_workers > 0 else pipeline
         steady = draw(long_epoch(loader, args), args)[0] if loader.num_workers > 0 else pipeline
-        first_iteration(trainer, batch)
-        for _ in range(args.warmup):
-            trainer._iteration(trainer, batch)
-        times: list[float] = []
-        while len(times) < args.steps or (sum(times) < args.min_seconds and len(times) < MAX_STEPS):
-            begin = time.perf_counter()
-            trainer._iteration(trainer, batch)
-            sync(args.device)
-            times.append(time.perf_counter() - begin)
-        step = sorted(times)[len(times) // 2]
+        step = step_rate(trainer, batches, args)
     return {
-        "batch": batch_size(batch),
+        "batch": batch_size(batches[0]),
         "num_workers": loader.num_workers,
-        "batches_per_epoch": len(loader),
+        "batches_per_epoch": epoch,
         "pipeline": pipeline,
         "steady": steady,
         "in_process": in_process,
-        "step": batch_size(batch) / step,
+        "step": step,
         "load": os.getloadavg()[0],
     }
 
@@ -300,9 +315,9 @@ def section(rows: list[dict], args) -> str:
             "pipeline, steady: the same dataset, batches, collation and workers, the sampler's epochs one after the",
             "other in one loader epoch as long as the measurement: what more than a few batches per epoch get.",
             "one process: the same dataset, batches and collation drawn with `num_workers` 0.",
-            "step: samples/s of the trainer's iteration on one fixed batch"
-            f" (median of at least {args.steps} steps and {args.min_seconds:g} s of them, after {args.warmup}), so"
-            " without data loading; ratio = steady / step.",
+            "step: samples/s of the trainer's iteration over an epoch's worth of the loader's batches in turn"
+            f" (at least {args.steps} steps and {args.min_seconds:g} s of them, after {args.warmup}), so without data"
+            " loading; ratio = steady / step.",
             "load: the 1-minute load average before / at the end of the measurement (other processes share the",
             "cores). `switches`: settings other than the config's defaults.",
             "",

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,3 +152,29 @@ def test_draw_times_at_least_the_minimum_seconds_across_epochs():
     start = time.perf_counter()
     rate, _ = _load("pipeline_throughput").draw(Epochs(), args)
     assert time.perf_counter() - start >= 0.05 and len(drawn) > 3 and rate > 0
+
+
+def test_step_rate_weighs_every_kind_of_batch_of_the_epoch(monkeypatch):
+    """Catches a step timed on one batch only (Medformer's 2D batches step several times faster than its 3D ones,
+    so a 2D batch alone overstates what the step consumes) and a draw that keeps fewer batches than asked."""
+    from types import SimpleNamespace
+
+    module = _load("pipeline_throughput")
+    clock = [0.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cost = {2: 0.002, 4: 0.008}  # seconds per step by batch size: a cheap and a dear kind of batch
+    seen = []
+
+    def iteration(engine, batch):
+        seen.append(len(batch))
+        clock[0] += cost[len(batch)]
+
+    trainer = SimpleNamespace(_iteration=iteration)
+    args = SimpleNamespace(warmup=1, steps=4, min_seconds=0.1, device="cpu")
+    rate = module.step_rate(trainer, [torch.zeros(2), torch.zeros(4)], args)
+    assert {2, 4} <= set(seen[2:])  # both kinds timed
+    assert rate == pytest.approx(6 / 0.010)  # 6 samples per 10 ms cycle, not the cheap batch's 1000/s
+    monkeypatch.undo()
+    one_epoch = SimpleNamespace(warmup_batches=0, batches=3, min_seconds=0, max_seconds=60)
+    _, kept = module.draw([torch.zeros(2), torch.zeros(4), torch.zeros(1)], one_epoch, keep=2)
+    assert [len(b) for b in kept] == [4, 1]
