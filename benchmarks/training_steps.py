@@ -55,17 +55,15 @@ def pretext(bundle: str) -> tuple[str, dict]:
 
 
 def first_iteration(trainer, batch):
-    """The trainer's iteration on ``batch``, after firing its run- and epoch-start handlers once when the iteration
-    needs state they make (DeepCluster-v2's k-means labels)."""
+    """The trainer's iteration on ``batch`` after its run- and epoch-start handlers, as a run fires them: the step
+    may need state they make (DeepCluster-v2 fills its memory with a pass over the data and makes its k-means labels;
+    an iteration tried before them would leave its batch in the memory, and the labels of every other sample unset)."""
     from ignite.engine import Events
 
-    try:
-        return trainer._iteration(trainer, batch)
-    except RuntimeError:
-        trainer.state.epoch, trainer.state.iteration, trainer.state.dataloader = 1, 0, trainer.data_loader
-        trainer._fire_event(Events.STARTED)
-        trainer._fire_event(Events.EPOCH_STARTED)
-        return trainer._iteration(trainer, batch)
+    trainer.state.epoch, trainer.state.iteration, trainer.state.dataloader = 1, 0, trainer.data_loader
+    trainer._fire_event(Events.STARTED)
+    trainer._fire_event(Events.EPOCH_STARTED)
+    return trainer._iteration(trainer, batch)
 
 
 def measure(bundle: str, config: str, overrides: dict, samples: str, steps: int, warmup: int) -> dict:
