@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import datetime
 import json
 import os
@@ -154,21 +153,14 @@ def draw(loader, args, keep: int = 1) -> tuple[float, list]:
 def step_rate(trainer, batches: list, args) -> float:
     """Samples/s of the trainer's iteration cycling over ``batches`` (an epoch's worth: a config that mixes datasets
     makes steps of different cost, e.g. Medformer's 2D and 3D batches), after ``args.warmup`` iterations: at least
-    ``args.steps`` steps and ``args.min_seconds`` of them (``MAX_STEPS`` at most), total samples over total time.
-    Every pass over ``batches`` starts from the network's and optimiser's state after the warm-up."""
+    ``args.steps`` steps and ``args.min_seconds`` of them (``MAX_STEPS`` at most), total samples over total time."""
     from training_steps import first_iteration
 
     first_iteration(trainer, batches[0])
     for i in range(args.warmup):
         trainer._iteration(trainer, batches[i % len(batches)])
-    # each pass over the batches starts from the same weights: a hundred steps on a few batches can diverge
-    # (the demo's DeepCluster-v2 did), which stops the trainer and says nothing about its speed
-    start = [(o, copy.deepcopy(o.state_dict())) for o in (trainer.network, trainer.optimizer)]
     samples, elapsed, steps = 0, 0.0, 0
     while steps < args.steps or (elapsed < args.min_seconds and steps < MAX_STEPS):
-        if steps and steps % len(batches) == 0:
-            for obj, state in start:
-                obj.load_state_dict(state)
         batch = batches[steps % len(batches)]
         begin = time.perf_counter()
         trainer._iteration(trainer, batch)
