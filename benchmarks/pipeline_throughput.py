@@ -31,9 +31,8 @@ the training step" section of ``docs/benchmarks.md`` (the file's other sections 
     python benchmarks/pipeline_throughput.py --device cuda
 
 Rows are kept in ``docs/benchmarks_pipeline.json``: ``--append`` replaces only the rows measured again (same
-config and switches), ``--report-only`` rewrites the section from them. The step of a config whose trainer needs
-state made at the run's start (DeepCluster-v2's k-means labels) is timed after firing the trainer's STARTED and
-EPOCH_STARTED handlers once.
+config and switches), ``--report-only`` rewrites the section from them. Before the step is timed, the trainer's
+STARTED and EPOCH_STARTED handlers fire once, as in a run (DeepCluster-v2 makes its k-means labels there).
 """
 
 from __future__ import annotations
