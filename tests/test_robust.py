@@ -176,3 +176,27 @@ def test_robust_dataset_cache_leaves_bad_samples_to_the_policy(files):
     assert torch.equal(strict[0]["image"], cached[0]["image"])
     with pytest.raises(BadSampleError, match="zero.nii.gz"):
         strict[1]
+
+
+def test_cache_item_keys_share_one_entry_and_keep_each_items_own_values(files):
+    """Breaks caught: ``dataset_repeats`` copies numbered by ``with_index`` (or the slices of one volume) each loading
+    and holding their own copy of the file, and a shared entry handing every item the first item's index."""
+    items = [{"image": files[name], "index": i} for i, name in enumerate(["good0", "good1"] * 3)]
+    cached = RobustDataset(items, TRANSFORM, cache=True, item_keys=("index",))
+    assert len(cached.dataset._cache) == 2, "one entry per file, not per index"
+    plain = RobustDataset(items, TRANSFORM)
+    for i in range(len(items)):
+        assert cached[i]["index"] == i and torch.equal(cached[i]["image"], plain[i]["image"])
+    assert len(RobustDataset(items, TRANSFORM, cache=True).dataset._cache) == 6, "without item_keys, as MONAI"
+
+
+def test_cache_loads_a_failed_item_by_its_own_index(files):
+    """Breaks caught: MONAI's runtime path loading ``data[entry]`` for an entry that failed while filling; with
+    shared entries the entry's number is another item's index, so a corrupt file would be replaced silently by a
+    good one under its name."""
+    items = [{"image": files[name], "index": i} for i, name in enumerate(["good0", "good0", "zero"])]
+    strict = RobustDataset(items, TRANSFORM, cache=True, skip_bad_samples=False, item_keys=("index",))
+    assert [entry is None for entry in strict.dataset._cache] == [False, True]
+    with pytest.raises(BadSampleError, match="zero.nii.gz"):
+        strict[2]
+    assert strict[1]["index"] == 1

@@ -124,7 +124,7 @@ def _fake_volumes():
 def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
     """Breaks if a volume is one item with a random slice (an epoch would not see every slice; a dataset index would
     name another image next epoch) or if 2D items are read."""
-    from scripts.data import SelectSliced, slice_items, with_index
+    from scripts.data import ContiguousSlicesd, select_slice, slice_items, with_index
 
     vols = _fake_volumes()
     items = [{"image": "vol1.nii.gz"}, {"image": "a.png"}, {"image": "vol2.nii.gz"}]
@@ -141,8 +141,7 @@ def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
         ("a.png", None),
         *[("vol2.nii.gz", k) for k in (0, 1, 2)],
     ]
-    select = SelectSliced("image")
-    values = [float(select({**d, "image": vols[d["image"]]})["image"].mean()) for d in out if "slice" in d]
+    values = [float(select_slice(vols[d["image"]], d["slice"]).mean()) for d in out if "slice" in d]
     assert values == [11, 12, 13, 14, 20, 21, 22]
     assert out == with_index(slice_items(items, None, load, min_foreground=0.5, threshold=0.5)), "fixed mapping"
     few = slice_items(items, 2, load, min_foreground=0.5, threshold=0.5, seed=1)
@@ -155,19 +154,24 @@ def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
     with pytest.raises(ValueError, match="slices_per_volume"):
         slice_items(items, 0, load)
     with pytest.raises(ValueError, match="slice_items"):
-        select({"image": vols["vol2.nii.gz"]})
-    assert select({"image": torch.rand(1, 4, 4, 1)})["image"].shape == (1, 4, 4)
-    volume = vols["vol1.nii.gz"]
-    sliced = select({"image": volume, "slice": 2})["image"]
-    assert torch.equal(sliced, volume[..., 2]) and sliced.is_contiguous(), "a copy, not a strided view"
-    assert sliced.untyped_storage().data_ptr() != volume.untyped_storage().data_ptr(), "the cache keeps the slice only"
+        select_slice(vols["vol2.nii.gz"], None)
+    with pytest.raises(IndexError, match="slice 5"):
+        select_slice(vols["vol2.nii.gz"], 5)
+    assert select_slice(torch.rand(1, 4, 4, 1), None).shape == (1, 4, 4)
+    volume = torch.rand(2, 5, 6, 7)
+    laid_out = ContiguousSlicesd("image")({"image": volume})["image"]
+    assert torch.equal(laid_out, volume), "the same shape and values"
+    for k in range(volume.shape[-1]):
+        sliced = select_slice(laid_out, k)
+        assert torch.equal(sliced, volume[..., k]) and sliced.is_contiguous(), "a slice is contiguous in memory"
+        assert sliced.data_ptr() == laid_out.data_ptr() + k * 2 * 5 * 6 * laid_out.element_size(), "a view"
 
 
 def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():
     """DeepCluster-v2 clusters the embeddings remembered under each dataset index during an epoch and looks the
     labels up by index in the next one: the image behind an index must not change between epochs. Breaks with a
     random slice per draw (the old RandSliced item per volume)."""
-    from scripts.data import SelectSliced, slice_items, with_index
+    from scripts.data import select_slice, slice_items, with_index
     from scripts.objectives import ClusteringLoss
 
     vols = _fake_volumes()
@@ -180,11 +184,9 @@ def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():
             threshold=0.5,
         )
     )
-    select = SelectSliced("image")
-
     def embed(index: int) -> torch.Tensor:
         """Embedding of the image the dataset gives for ``index``: which volume it comes from (two clusters)."""
-        image = select({**items[index], "image": vols[items[index]["image"]]})["image"]
+        image = select_slice(vols[items[index]["image"]], items[index]["slice"])
         value = float(image.mean())
         return torch.nn.functional.normalize(
             torch.tensor([1.0 if value < 20 else 0.0, 1.0 if value >= 20 else 0.0, 0.01 * value, 0.0]), dim=0
@@ -369,3 +371,18 @@ def test_stage3_flip_reverses_slice_order_bias_is_symmetric_and_gamma_log_unifor
     assert math.isclose(logs.min(), -0.3, abs_tol=0.01) and math.isclose(logs.max(), 0.3, abs_tol=0.01)
     assert abs(np.mean(np.array(draws) < 1) - 0.5) < 0.03, "log-uniform: γ < 1 as likely as γ > 1 (uniform: 0.43)"
     assert np.histogram(logs, bins=4, range=(-0.3, 0.3))[0].min() > 850, "uniform in log γ"
+
+
+def test_views_of_a_slice_key_equal_views_of_the_selected_slice():
+    """Breaks if ``slice_key`` takes another slice or axis, or changes the random draws."""
+    from scripts.data import ContiguousSlicesd, RandMultiCropView, RandMultiViewd
+
+    volume = torch.rand(1, 40, 36, 5)
+    laid_out = ContiguousSlicesd("image")({"image": volume})["image"]
+
+    def views(slice_key):
+        return RandMultiViewd("image", RandMultiCropView((16, 16), (0.14, 1.0)), 3, slice_key=slice_key)
+
+    by_key = views("slice").set_random_state(3)({"image": laid_out, "slice": 2})["image"]
+    direct = views(None).set_random_state(3)({"image": volume[..., 2]})["image"]
+    assert torch.equal(by_key, direct)

@@ -2,7 +2,7 @@
 
 One datalist holds 2D images (PNG, single-frame DICOM) and 3D volumes (NIfTI, DICOM series); items may carry
 ``dims`` (2 or 3, as the sample kit's ``datalist_mixed.json``). Stage 1 trains on 2D images: every 2D item, and
-every (foreground) slice of every volume as an item of its own (:func:`slice_items`, :class:`SelectSliced`), so the
+every (foreground) slice of every volume as an item of its own (:func:`slice_items`, :func:`select_slice`), so the
 dataset index of a sample always names the same image; stages 2 and 3 use the volumes only (:func:`select_dims`).
 """
 
@@ -38,15 +38,16 @@ from medssl.transforms import meta_tracking
 
 __all__ = [
     "BITMAP_SUFFIXES",
+    "ContiguousSlicesd",
     "IndexedPrepareBatch",
     "RandLogGamma",
     "RandLogGammad",
     "RandMultiCropView",
     "RandMultiViewd",
     "RandSliced",
-    "SelectSliced",
     "foreground_slices",
     "gaussian_kernel",
+    "select_slice",
     "select_dims",
     "slice_items",
     "with_index",
@@ -131,39 +132,42 @@ def slice_items(
     return out
 
 
-class SelectSliced(MapTransform):
-    """Make every image 2D: a volume ``(C, H, W, D)`` gives its slice ``data[slice_key]`` along the last axis,
-    ``(C, H, W, 1)`` (a single DICOM frame) and ``(C, H, W)`` give ``(C, H, W)``.
+def select_slice(image: NdarrayOrTensor, index: int | None) -> torch.Tensor:
+    """The 2D image of a stage-1 item (:func:`slice_items`), as a plain tensor: a volume ``(C, H, W, D)`` gives its
+    slice ``index`` along the last axis, ``(C, H, W, 1)`` (a single DICOM frame) and ``(C, H, W)`` give
+    ``(C, H, W)``. A volume of several slices without ``index`` stops with an error naming the file. A view, not a
+    copy: after :class:`ContiguousSlicesd` the slice is contiguous in memory."""
+    name = getattr(image, "meta", {}).get("filename_or_obj", "image")
+    x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    if x.dim() == 3:
+        return x
+    if x.shape[-1] == 1:
+        return x[..., 0]
+    if index is None:
+        raise ValueError(
+            f"{name}: a volume of {x.shape[-1]} slices without a slice number "
+            "(build stage 1's datalist with scripts.data.slice_items)."
+        )
+    if not 0 <= int(index) < x.shape[-1]:
+        raise IndexError(f"{name}: slice {index} of a volume of {x.shape[-1]} slices.")
+    return x[..., int(index)]
 
-    The deterministic counterpart of :class:`RandSliced` for the items of :func:`slice_items`. A volume of several
-    slices without ``slice_key`` stops with an error naming the file (it is not a sample of :func:`slice_items`).
-    """
 
-    def __init__(self, keys: KeysCollection, slice_key: str = "slice") -> None:
-        MapTransform.__init__(self, keys)
-        self.slice_key = slice_key
+class ContiguousSlicesd(MapTransform):
+    """Lay each volume ``(C, H, W, D)`` out in memory slice by slice (the last axis outermost): the same shape,
+    values and metadata, and every slice ``image[..., k]`` a contiguous view. Crops of a slice strided by the slice
+    count read memory several times slower. Stage 1 caches its volumes so (with the cache's ``as_contiguous: false``,
+    which keeps the layout) and takes one slice per sample after the cache (:func:`select_slice`)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            if image.dim() == 3:
-                continue
-            if image.shape[-1] == 1:
-                d[key] = image[..., 0]
-                continue
-            if self.slice_key not in d:
-                name = getattr(image, "meta", {}).get("filename_or_obj", key)
-                raise ValueError(
-                    f"{name}: a volume of {image.shape[-1]} slices without '{self.slice_key}' "
-                    "(build stage 1's datalist with scripts.data.slice_items)."
-                )
-            index = int(d[self.slice_key])
-            if not 0 <= index < image.shape[-1]:
-                raise IndexError(f"slice {index} of a volume of {image.shape[-1]} slices.")
-            # a copy, not a view: a cached view would keep the whole volume alive, and crops of a slice strided by
-            # the slice count read memory several times slower than crops of a contiguous one
-            d[key] = image[..., index].contiguous()
+            if image.dim() == 4 and image.shape[-1] > 1:
+                d[key] = image.movedim(-1, 0).contiguous().movedim(0, -1)
         return d
 
 
@@ -349,6 +353,8 @@ class RandMultiViewd(Randomizable, MapTransform):
         num_views: views (0 gives an empty ``(0, *S')`` tensor shaped by ``view_size``).
         output_key: where the stacked views go.
         view_size: spatial size of a view, needed only for ``num_views = 0``.
+        slice_key: the views are of the image's slice ``data[slice_key]`` (:func:`select_slice`: stage 1's items of
+            :func:`slice_items`, whose cached volume is shared by its slices); None: of the image as it is.
     """
 
     def __init__(
@@ -358,12 +364,14 @@ class RandMultiViewd(Randomizable, MapTransform):
         num_views: int = 2,
         output_key: str | None = None,
         view_size: Sequence[int] | None = None,
+        slice_key: str | None = None,
     ) -> None:
         MapTransform.__init__(self, keys)
         self.transform = transform
         self.num_views = num_views
         self.output_key = output_key
         self.view_size = view_size
+        self.slice_key = slice_key
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -377,7 +385,7 @@ class RandMultiViewd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = d[key]
+            image = d[key] if self.slice_key is None else select_slice(d[key], d.get(self.slice_key))
             if self.num_views == 0:
                 views = torch.zeros(0, *(self.view_size or ()))
             else:

@@ -241,7 +241,8 @@ class RobustDataset(SkipBadSamplesDataset):
     progress bar while it fills (:class:`~medssl.data.cache.DeferredFailureCacheDataset`: MONAI's ``CacheDataset``
     keyed by content, so ``dataset_repeats`` copies share one entry); a sample that fails while caching is not cached
     and fails again on access, where it is skipped or stops the run like any bad sample. ``copy_cache=False``: see
-    that class.
+    that class, as for ``item_keys`` (keys that differ between items sharing a cache entry, e.g. a dataset index)
+    and ``as_contiguous``.
     """
 
     def __init__(
@@ -251,6 +252,8 @@ class RobustDataset(SkipBadSamplesDataset):
         skip_bad_samples: bool = True,
         cache: bool = False,
         copy_cache: bool = True,
+        item_keys: Sequence[str] = (),
+        as_contiguous: bool = True,
         **kwargs: Any,
     ) -> None:
         from monai.data import Dataset
@@ -258,7 +261,9 @@ class RobustDataset(SkipBadSamplesDataset):
         from .cache import DeferredFailureCacheDataset
 
         dataset = (
-            DeferredFailureCacheDataset(data, transform, copy_cache=copy_cache)
+            DeferredFailureCacheDataset(
+                data, transform, copy_cache=copy_cache, item_keys=item_keys, as_contiguous=as_contiguous
+            )
             if cache
             else Dataset(data=data, transform=transform)
         )
