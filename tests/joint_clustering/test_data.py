@@ -184,6 +184,7 @@ def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():
             threshold=0.5,
         )
     )
+
     def embed(index: int) -> torch.Tensor:
         """Embedding of the image the dataset gives for ``index``: which volume it comes from (two clusters)."""
         image = select_slice(vols[items[index]["image"]], items[index]["slice"])
