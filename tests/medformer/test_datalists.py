@@ -88,6 +88,34 @@ def test_a_datalist_dataset_gives_npz_like_items(data_dir):
     assert picture["source"].endswith("xray/leg.png") and (picture["dataset"], picture["dim"]) == ("mypictures", "2d")
 
 
+def test_a_cached_datalist_dataset_reads_each_file_once_and_keeps_augmenting(data_dir, monkeypatch):
+    """Breaks caught: a cache that never fills (files read at every access), one that holds augmented images (every
+    epoch the same views), or cached items that differ from read ones."""
+
+    from monai.transforms import Compose, RandFlipd
+
+    import scripts.loading as loading
+
+    reads = []
+    load = loading.LoadMedformerImage.__call__
+    monkeypatch.setattr(
+        loading.LoadMedformerImage, "__call__", lambda self, f, *a: reads.append(f) or load(self, f, *a)
+    )
+    specs = resolve_specs(REGISTRY, list(REGISTRY))
+    flip = Compose([RandFlipd("image", prob=0.5, spatial_axis=0)])
+    cached = MultiTaskDataset(list(REGISTRY), specs, data_dir, "train", 28, 16, flip, flip, cache=True)
+    assert len(reads) == 8, "each file read once, at start-up"
+    plain = MultiTaskDataset(list(REGISTRY), specs, data_dir, "train", 28, 16, cache=False)
+    read = [plain[i]["image"] for i in range(len(plain))]
+    flips = set()
+    for i in range(len(cached)):
+        views = [cached[i]["image"] for _ in range(12)]
+        assert all(torch.equal(v, read[i]) or torch.equal(v.flip(1), read[i]) for v in views)
+        flips.add(tuple(torch.equal(v, read[i]) for v in views))
+    assert len(reads) == 8 + len(read), "no read after start-up"
+    assert any(len(set(f)) == 2 for f in flips), "the augmentation still runs on every access"
+
+
 def test_pictures_load_like_medmnist_arrays(samples_dir):
     """Rows and columns as the file stores them, 8-bit values / 255, as ``NpzSplit`` reads MedMNIST images."""
     path = samples_dir / "slices" / "mr_small.png"

@@ -377,6 +377,8 @@ class MultiTaskDataset(torch.utils.data.ConcatDataset):
         transform_3d: transform of 3D samples.
         skip_bad_samples: replace samples whose transform fails (see ``medssl.data.RobustDataset``).
         with_labels: give each sample its ``label`` (False for self-supervised pre-training).
+        cache: keep each datalist image as read and resized (the transforms before the first random one) in memory,
+            read once at start-up (``medssl.data.RobustDataset(cache=True)``); ``.npz`` sets are in memory anyway.
     """
 
     def __init__(
@@ -391,6 +393,7 @@ class MultiTaskDataset(torch.utils.data.ConcatDataset):
         transform_3d: Any = None,
         skip_bad_samples: bool = False,
         with_labels: bool = True,
+        cache: bool = False,
     ) -> None:
         self.names = list(data)
         parts = []
@@ -404,7 +407,10 @@ class MultiTaskDataset(torch.utils.data.ConcatDataset):
                 transform = Compose([load, transform]) if transform is not None else load
             else:
                 items = NpzSplit(root, spec, split, size, with_labels)
-            parts.append(RobustDataset(items, transform, skip_bad_samples=skip_bad_samples, path_keys=("source",)))
+            cached = cache and bool(spec.datalist)
+            parts.append(
+                RobustDataset(items, transform, skip_bad_samples=skip_bad_samples, path_keys=("source",), cache=cached)
+            )
         super().__init__(parts)
 
     @property
