@@ -106,6 +106,10 @@ def test_pipeline_table_judges_the_steady_rate_and_shows_the_others_beside_it():
     assert cell["one process (samples/s)"] == "400.0" and cell["batches / epoch"] == "1"
     assert cell["ratio"] == "3.2x" and cell["goal >= 3x"] == "met" and cell["measured"] == "2026-12-07 09:00"
     assert dict(zip(header, second))["goal >= 3x"] == "**missed**"
+    module = _load("pipeline_throughput")
+    reasons = module.below_goal([row, slow, slow | {"bundle": "medformer", "config": "pretrain.json"}], goal=3.0)
+    assert reasons[0].startswith("- b `d.json` (demo, 2.8x): not explained") and len(reasons) == 2
+    assert reasons[1].endswith(module.BELOW_GOAL[("medformer", "pretrain.json")]), "a missed row says why"
 
 
 def test_repeated_batches_make_one_long_epoch_of_the_samplers_batches():
