@@ -165,6 +165,9 @@ def test_slice_items_give_every_foreground_slice_once_with_a_fixed_index():
         sliced = select_slice(laid_out, k)
         assert torch.equal(sliced, volume[..., k]) and sliced.is_contiguous(), "a slice is contiguous in memory"
         assert sliced.data_ptr() == laid_out.data_ptr() + k * 2 * 5 * 6 * laid_out.element_size(), "a view"
+    transposed = torch.rand(1, 7, 9).transpose(1, 2)
+    picture = ContiguousSlicesd("image")({"image": transposed})["image"]
+    assert torch.equal(picture, transposed) and picture.is_contiguous(), "a 2D image in the standard order"
 
 
 def test_deepcluster_label_of_an_index_supervises_the_same_slice_next_epoch():

@@ -156,8 +156,9 @@ def select_slice(image: NdarrayOrTensor, index: int | None) -> torch.Tensor:
 class ContiguousSlicesd(MapTransform):
     """Lay each volume ``(C, H, W, D)`` out in memory slice by slice (the last axis outermost): the same shape,
     values and metadata, and every slice ``image[..., k]`` a contiguous view. Crops of a slice strided by the slice
-    count read memory several times slower. Stage 1 caches its volumes so (with the cache's ``as_contiguous: false``,
-    which keeps the layout) and takes one slice per sample after the cache (:func:`select_slice`)."""
+    count read memory several times slower. Other images are made contiguous in the standard order. Stage 1 caches
+    its images so (with the cache's ``as_contiguous: false``, which keeps the layout) and takes one slice per sample
+    after the cache (:func:`select_slice`)."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -168,6 +169,8 @@ class ContiguousSlicesd(MapTransform):
             image = d[key]
             if image.dim() == 4 and image.shape[-1] > 1:
                 d[key] = image.movedim(-1, 0).contiguous().movedim(0, -1)
+            else:
+                d[key] = image.contiguous()
         return d
 
 
