@@ -94,13 +94,9 @@ def test_a_cached_datalist_dataset_reads_each_file_once_and_keeps_augmenting(dat
 
     from monai.transforms import Compose, RandFlipd
 
-    import scripts.loading as loading
-
     reads = []
-    load = loading.LoadMedformerImage.__call__
-    monkeypatch.setattr(
-        loading.LoadMedformerImage, "__call__", lambda self, f, *a: reads.append(f) or load(self, f, *a)
-    )
+    load = LoadMedformerImage.__call__  # the class this module imported: other bundles' `scripts` may be loaded now
+    monkeypatch.setattr(LoadMedformerImage, "__call__", lambda self, f, *a: reads.append(f) or load(self, f, *a))
     specs = resolve_specs(REGISTRY, list(REGISTRY))
     flip = Compose([RandFlipd("image", prob=0.5, spatial_axis=0)])
     cached = MultiTaskDataset(list(REGISTRY), specs, data_dir, "train", 28, 16, flip, flip, cache=True)
