@@ -21,6 +21,19 @@ def test_swav_switch_is_the_shared_swav_loss():
         ClusteringLoss("byol")
 
 
+def test_swav_with_several_prototype_sets_stops_naming_num_prototypes():
+    """Breaks if a list of prototype sizes (DeepCluster-v2's heads) reaches SwAV: it failed at the first step with
+    "'list' object has no attribute 'dim'" deep in the loss."""
+    from scripts.objectives import ClusteringLoss
+
+    with pytest.raises(ValueError, match=r"num_prototypes: SwAV uses one set.*\(8, 8\)"):
+        ClusteringLoss("swav", prototypes=Prototypes(4, [8, 8]))
+    assert ClusteringLoss("swav", prototypes=Prototypes(4, 8)).method == "swav"
+    assert (
+        ClusteringLoss("deepclusterv2", memory_size=4, embed_dim=4, prototypes=Prototypes(4, [8, 8])).memory is not None
+    )
+
+
 def test_deepcluster_labels_come_from_kmeans_of_the_memory():
     from scripts.objectives import ClusteringLoss
 

@@ -72,6 +72,11 @@ class ClusteringLoss(nn.Module):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        if method == "swav" and prototypes is not None and prototypes.multi_head:
+            raise ValueError(
+                f"num_prototypes: SwAV uses one set of prototypes, a number; got the sizes {prototypes.num_prototypes} "
+                "(several sets, one per head, are DeepCluster-v2's)."
+            )
         self.method = method
         self.crops_for_assign = tuple(crops_for_assign)
         self.epoch_queue_starts = epoch_queue_starts
