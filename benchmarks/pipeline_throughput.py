@@ -325,6 +325,7 @@ def section(rows: list[dict], args) -> str:
 
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    missed = below_goal(rows, args.goal)
     return "\n".join(
         [
             SECTION,
@@ -351,7 +352,7 @@ def section(rows: list[dict], args) -> str:
             "",
             table(rows, args.goal),
             "",
-            *(["Below the goal:", "", *below_goal(rows, args.goal), ""] if below_goal(rows, args.goal) else []),
+            *(["Below the goal:", "", *missed, ""] if missed else []),
         ]
     )
 

@@ -91,7 +91,6 @@ def test_a_datalist_dataset_gives_npz_like_items(data_dir):
 def test_a_cached_datalist_dataset_reads_each_file_once_and_keeps_augmenting(data_dir, monkeypatch):
     """Breaks caught: a cache that never fills (files read at every access), one that holds augmented images (every
     epoch the same views), or cached items that differ from read ones."""
-
     from monai.transforms import Compose, RandFlipd
 
     reads = []
